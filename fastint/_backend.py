@@ -1,0 +1,69 @@
+"""Backend selection: which implementation an op runs.
+
+``auto`` (default) runs the fused kernels for CUDA tensors and the plain-PyTorch reference for
+CPU tensors (the C++ CPU kernel for ``embedding_bag``). ``kernel`` forces the fused kernels: on
+CPU the Triton kernels then run under the interpreter, which needs ``TRITON_INTERPRET=1`` set
+before ``triton`` is first imported. ``reference`` forces the reference everywhere.
+
+Choose with the environment variable ``FASTINT_BACKEND`` or, scoped, ``use_backend(name)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+
+import torch
+
+BACKENDS = ("auto", "kernel", "reference")
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastint_backend", default=None)
+
+
+def _checked(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastint backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def current_backend() -> str:
+    """The backend in force: the innermost ``use_backend`` or else ``$FASTINT_BACKEND``."""
+    name = _override.get()
+    if name is None:
+        name = os.environ.get("FASTINT_BACKEND", "auto") or "auto"
+    return _checked(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed code with backend ``name`` (``auto``, ``kernel`` or ``reference``)."""
+    token = _override.set(_checked(name))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run on the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op whose main input is ``t`` should run its Triton kernel.
+
+    Raises a clear error when ``kernel`` is forced on CPU tensors without the interpreter.
+    """
+    backend = current_backend()
+    if backend == "reference":
+        return False
+    if t.is_cuda:
+        return True
+    if backend == "kernel":
+        if not triton_interpreting():
+            raise RuntimeError(
+                "FASTINT_BACKEND=kernel on CPU tensors needs the Triton interpreter: set "
+                "TRITON_INTERPRET=1 before triton is imported (or move the tensors to CUDA)"
+            )
+        return True
+    return False
