@@ -1,0 +1,47 @@
+# The two commands a newcomer needs (see README): `make run` and `make test`.
+# Both set everything up on first use (venv, dependencies, build) and are no-ops the second time.
+# An already installed torch (e.g. a CUDA image's) is reused: the venv sees system site-packages,
+# and torch is only installed when none can be imported.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+TORCH_VERSION  ?= 2.13.0
+TRITON_VERSION ?= 3.9.0
+TOOLS  := "scikit-build-core>=0.10" ninja pytest pytest-benchmark numpy tqdm pyyaml matplotlib
+
+.PHONY: run test bench cuda-check setup clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/fastint train
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/fastint bench
+
+# Compiles the CUDA sources without linking (catches CUDA syntax errors on machines without a GPU).
+cuda-check: $(VENV)/.deps
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja \
+		-DPython_EXECUTABLE=$(abspath $(PY)) -DFASTINT_CUDA_COMPILE_CHECK=ON >/dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake --build build/cuda-check --target fastint_cuda_check
+
+setup: $(VENV)/.installed
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(VENV)/.deps: $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) install "triton==$(TRITON_VERSION)"
+	$(PIP) install $(TOOLS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+	$(PIP) install --no-build-isolation -e .
+	touch $@
+
+clean:
+	rm -rf build $(VENV)
