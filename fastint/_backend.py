@@ -10,14 +10,15 @@ Choose with the environment variable ``FASTINT_BACKEND`` or, scoped, ``use_backe
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 from collections.abc import Iterator
 
 import torch
 
 BACKENDS = ("auto", "kernel", "reference")
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastint_backend", default=None)
+# A plain module global (not a ContextVar: dynamo cannot trace ContextVar.get, and guards on a
+# global, recompiling when use_backend changes it). ``use_backend`` is therefore process-wide.
+_override: str | None = None
 
 
 def _checked(name: str) -> str:
@@ -28,7 +29,7 @@ def _checked(name: str) -> str:
 
 def current_backend() -> str:
     """The backend in force: the innermost ``use_backend`` or else ``$FASTINT_BACKEND``."""
-    name = _override.get()
+    name = _override
     if name is None:
         name = os.environ.get("FASTINT_BACKEND", "auto") or "auto"
     return _checked(name)
@@ -37,11 +38,12 @@ def current_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed code with backend ``name`` (``auto``, ``kernel`` or ``reference``)."""
-    token = _override.set(_checked(name))
+    global _override
+    previous, _override = _override, _checked(name)
     try:
         yield
     finally:
-        _override.reset(token)
+        _override = previous
 
 
 def triton_interpreting() -> bool:
