@@ -1,0 +1,93 @@
+"""field_attention (AutoInt's interacting layer): fused Triton kernels vs eager reference vs
+torch.compile(reference) vs a DeepCTR-Torch-style eager layer (per-head split / stack / matmul).
+
+AutoInt's setting: d = 16, H = 2, dh = 32, M in {10, 23, 39} fields, batch 4k..64k; variants
+"deepctr" (no bias, scale 1, W_res, ReLU: every provider) and "tf" (bias + ReLU on Q/K/V and the
+residual, scale 1/sqrt(dh), ReLU, LayerNorm after: no DeepCTR formulation); forward, and
+forward+backward (sum of Y) into x and every weight.
+Run: ``pytest bench/test_bench_field_attention.py --benchmark-only``.
+"""
+import pytest
+import torch
+
+from bench.common import DEVICE, forward_backward, measure, require_gpu_for_kernels
+from fastint import use_backend
+from fastint.ops.field_attention import field_attention
+from fastint.reference.field_attention import field_attention as reference
+
+BATCHES = [4096, 16384, 65536] if DEVICE == "cuda" else [256]
+FIELDS = [10, 23, 39]
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+DIM, HEADS, HEAD_DIM = 16, 2, 32
+WIDTH = HEADS * HEAD_DIM
+
+OPTIONS = {
+    "deepctr": dict(scale=1.0, residual="project", out_relu=True),
+    "tf": dict(qkv_relu=True, residual="project", res_relu=True, out_relu=True, layer_norm="after"),
+}
+PRESENT = {"deepctr": ("w_res",), "tf": ("b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")}
+
+_compiled_reference = torch.compile(reference)
+
+
+def deepctr_style(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, **_):
+    """DeepCTR-Torch's formulation: full-width projections, heads split and stacked on a new
+    leading axis, einsum scores, softmax, matmul, heads concatenated back, residual, ReLU."""
+    w_q, w_k, w_v = w_qkv.chunk(3, dim=1)
+    head_dim = w_q.shape[1] // num_heads
+
+    def heads(w):
+        return torch.stack(torch.split(torch.tensordot(x, w, dims=([-1], [0])), head_dim, dim=2))
+
+    q, k, v = heads(w_q), heads(w_k), heads(w_v)                       # [H, B, M, dh]
+    attention = torch.softmax(torch.einsum("hbik,hbjk->hbij", q, k), dim=-1)
+    out = torch.cat(torch.split(torch.matmul(attention, v), 1), dim=-1).squeeze(0)
+    return torch.relu(out + torch.tensordot(x, w_res, dims=([-1], [0])))
+
+
+def _provider_fn(provider: str):
+    if provider == "fastint":
+        def run(*args, **kwargs):
+            with use_backend("kernel"):
+                return field_attention(*args, **kwargs)
+        return run
+    return {"eager": reference, "compiled": _compiled_reference, "deepctr_style": deepctr_style}[provider]
+
+
+def _inputs(batch: int, fields: int, variant: str, dtype: torch.dtype):
+    def leaf(*shape, scale):
+        return (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
+    tensors = {"b_qkv": leaf(3 * WIDTH, scale=0.1), "w_res": leaf(DIM, WIDTH, scale=DIM ** -0.5),
+               "b_res": leaf(WIDTH, scale=0.1), "ln_weight": leaf(WIDTH, scale=1.0),
+               "ln_bias": leaf(WIDTH, scale=0.1)}
+    return [leaf(batch, fields, DIM, scale=1.0), leaf(DIM, 3 * WIDTH, scale=DIM ** -0.5)] + [
+        tensors[n] if n in PRESENT[variant] else None
+        for n in ("b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")]
+
+
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("provider", ["fastint", "eager", "compiled", "deepctr_style"])
+@pytest.mark.parametrize("variant", ["deepctr", "tf"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("fields", FIELDS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_field_attention(benchmark, batch, fields, dtype, variant, provider, mode):
+    require_gpu_for_kernels(provider)
+    if provider == "deepctr_style" and variant != "deepctr":
+        pytest.skip("the DeepCTR-Torch formulation has no biases, Q/K/V ReLU or LayerNorm")
+    inputs = _inputs(batch, fields, variant, dtype)
+    fn, options = _provider_fn(provider), OPTIONS[variant]
+
+    def call():
+        return fn(*inputs, num_heads=HEADS, **options)
+
+    if mode == "forward":
+        def step():
+            with torch.no_grad():
+                return call()
+    else:
+        step = forward_backward(call, *(t for t in inputs if t is not None))
+    benchmark.group = f"field_attention-{variant}-{mode}-B{batch}-M{fields}-{str(dtype).removeprefix('torch.')}"
+    measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
+            op="field_attention", provider=provider, variant=variant, mode=mode, batch=batch,
+            fields=fields, dim=DIM, heads=HEADS, head_dim=HEAD_DIM, dtype=str(dtype))

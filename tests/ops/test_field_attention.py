@@ -1,0 +1,328 @@
+"""field_attention: fused Triton kernels vs the float64 reference (Y, A and every gradient), the
+reference vs a naive per-sample loop, launch configuration, opcheck, torch.compile, error paths."""
+import math
+
+import pytest
+import torch
+
+from fastint import _backend, use_backend
+from fastint.kernels import field_attention as kernels
+from fastint.ops import field_attention as op_module
+from fastint.ops.field_attention import field_attention
+from fastint.reference.field_attention import field_attention as reference
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_rel_close, randn
+
+PARAMS = ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")
+
+# op options and the parameters present, per configuration (the published variants + extremes)
+CONFIGS = {
+    "tf": (dict(qkv_relu=True, residual="project", res_relu=True, layer_norm="after"),
+           {"b_qkv", "w_res", "b_res", "ln_weight", "ln_bias"}),
+    "paper": (dict(scale=1.0, residual="project"), {"w_res"}),
+    "fuxictr-identity": (dict(residual="identity", layer_norm="before"), {"ln_weight", "ln_bias"}),
+    "fuxictr-project": (dict(scale=1.0, residual="project", layer_norm="before"),
+                        {"w_res", "ln_weight", "ln_bias"}),
+    "no-residual": (dict(qkv_relu=True, residual="none", out_relu=False), {"b_qkv"}),
+    "plain-ln": (dict(scale=0.5, residual="project", layer_norm="after"), {"w_res", "b_res"}),
+}
+
+
+def sign_pattern(n: int, period: int) -> torch.Tensor:
+    """``+1, .., +1, -1, .., -1, ...`` in runs of ``period``."""
+    return 1.0 - 2.0 * ((torch.arange(n) // period) % 2).double()
+
+
+def make_inputs(config, batch, fields, dim, heads, head_dim, dtype=torch.float32, device="cpu",
+                margin=False):
+    """Leaves ``(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias)`` (``None`` where absent).
+
+    ``margin=True`` keeps every ReLU input away from 0 (biases and identity-residual inputs of
+    +-2..3 in alternating column runs, the rest with std ~0.3): half-precision tests then compare
+    against the float64 reference without ReLU-mask flips, where a flip makes an O(1) gradient
+    difference that no half-precision implementation (eager PyTorch included) avoids.
+    """
+    options, present = CONFIGS[config]
+    width = heads * head_dim
+    shift = 1.0 if margin else 0.0
+    identity = options["residual"] == "identity"
+    w_scale = ((0.1 if identity else 0.6) if margin else 1.0) / math.sqrt(dim)  # margin: x W std ~0.3
+    x = 0.5 * torch.randn(batch, fields, dim, dtype=torch.float64)
+    if identity:
+        x = x * (0.6 if margin else 1.0) + 3 * shift * sign_pattern(dim, 1)
+    values = {
+        "x": x,
+        "w_qkv": w_scale * torch.randn(dim, 3 * width, dtype=torch.float64),
+        "b_qkv": 0.1 * torch.randn(3 * width, dtype=torch.float64) + 2 * shift * sign_pattern(3 * width, 2),
+        "w_res": w_scale * torch.randn(dim, width, dtype=torch.float64),
+        "b_res": 0.1 * torch.randn(width, dtype=torch.float64) + 3 * shift * sign_pattern(width, 4),
+        "ln_weight": 1.0 + 0.2 * torch.randn(width, dtype=torch.float64),
+        "ln_bias": 0.2 * torch.randn(width, dtype=torch.float64),
+    }
+    leaves = [values["x"]] + [values[p] if p in present | {"w_qkv"} else None for p in PARAMS]
+    return [None if t is None else t.to(device, dtype).requires_grad_() for t in leaves]
+
+
+def run(inputs, options, heads, grad_y, grad_a):
+    """Outputs and gradients of ``<Y, grad_y> + <A, grad_a>`` w.r.t. every present leaf."""
+    fn = reference if inputs[0].dtype == torch.float64 else field_attention
+    y, a = fn(*inputs, num_heads=heads, return_attention=True, **options)
+    loss = sum((out.double() * g.to(out.device, torch.float64)).sum()
+               for out, g in ((y, grad_y), (a, grad_a)) if g is not None)
+    leaves = [t for t in inputs if t is not None]
+    return (y, a), torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+
+def check_against_reference(config, shape, dtype, *, margin=False, use_y=True, use_a=True):
+    batch, fields, dim, heads, head_dim = shape
+    options = CONFIGS[config][0]
+    inputs = make_inputs(config, *shape, dtype=dtype, device=KERNEL_DEVICE, margin=margin)
+    grad_y = torch.randn(batch, fields, heads * head_dim) if use_y else None
+    grad_a = torch.randn(batch, heads, fields, fields) if use_a else None
+    with use_backend("kernel"):
+        (y, a), grads = run(inputs, options, heads, grad_y, grad_a)
+    (y_ref, a_ref), grads_ref = run([as_reference(t) for t in inputs], options, heads, grad_y, grad_a)
+    assert y.dtype == a.dtype == dtype
+    assert_rel_close(y, y_ref, dtype, "Y")
+    if fields > 1:
+        assert_rel_close(a, a_ref, dtype, "A")
+    else:
+        assert torch.equal(a.cpu().float(), torch.ones_like(a_ref.float()))
+    names = ["x"] + [p for p, t in zip(PARAMS, inputs[1:]) if t is not None]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert g.dtype == dtype and g.shape == g_ref.shape, name
+        if float(g_ref.norm()) == 0.0:   # e.g. Q/K weights with one field (softmax is constant)
+            assert float(g.double().norm()) <= 1e-6, name
+        else:
+            assert_rel_close(g, g_ref, dtype, f"d{name}")
+
+
+# (config, (batch, M, d, H, dh)): batches not multiples of SAMPLES; every M, d, H and dh appears,
+# plus a head width that is not a power of two (dh = 20), deepctr's dh = d / H and H = 3.
+FP32_CASES = [
+    ("tf", (37, 7, 16, 2, 16)),
+    ("tf", (37, 39, 40, 1, 32)),
+    ("paper", (37, 23, 8, 2, 8)),
+    ("paper", (37, 1, 16, 1, 8)),
+    ("paper", (21, 39, 40, 2, 20)),
+    ("fuxictr-identity", (37, 23, 16, 1, 16)),
+    ("fuxictr-identity", (37, 2, 32, 2, 16)),
+    ("fuxictr-project", (37, 39, 8, 2, 32)),
+    ("no-residual", (37, 7, 40, 2, 16)),
+    ("plain-ln", (37, 2, 16, 2, 8)),
+    ("tf", (23, 7, 16, 3, 8)),                 # H_PAD = 4 > H: a padded head
+]
+HALF_CASES = [
+    ("tf", (37, 39, 16, 2, 16)),
+    ("fuxictr-identity", (37, 23, 32, 2, 16)),
+    ("no-residual", (37, 1, 8, 1, 8)),
+    ("plain-ln", (37, 7, 40, 2, 32)),
+]
+
+
+def _case_id(case):
+    return "{}-B{}-M{}-d{}-H{}-dh{}".format(case[0], *case[1])
+
+
+@pytest.mark.parametrize("case", FP32_CASES, ids=_case_id)
+def test_kernel_matches_reference_fp32(case):
+    check_against_reference(*case, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [t for t in KERNEL_DTYPES if t != torch.float32], ids=str)
+@pytest.mark.parametrize("case", HALF_CASES, ids=_case_id)
+def test_kernel_matches_reference_half(case, dtype):
+    check_against_reference(*case, dtype, margin=True)
+
+
+@pytest.mark.parametrize("used", ["y", "a"])
+def test_gradient_through_one_output(used):
+    check_against_reference("tf", (21, 7, 16, 2, 8), torch.float32, use_y=used == "y", use_a=used == "a")
+
+
+def test_without_attention_output():
+    """The default call returns Y only; its backward gets no gradient for A."""
+    inputs = make_inputs("tf", 13, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    options = CONFIGS["tf"][0]
+    with use_backend("kernel"):
+        y = field_attention(*inputs, num_heads=2, **options)
+        y.sum().backward()
+    ref_inputs = [as_reference(t) for t in inputs]
+    reference(*ref_inputs, num_heads=2, **options).sum().backward()
+    assert_rel_close(y, reference(*ref_inputs, num_heads=2, **options), torch.float32, "Y")
+    for t, r in zip(inputs, ref_inputs):
+        if t is not None:
+            assert_rel_close(t.grad, r.grad, torch.float32, "grad")
+
+
+def test_non_contiguous_inputs():
+    x, w_qkv, *rest = make_inputs("paper", 9, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    x_t = x.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    w_t = w_qkv.detach().T.contiguous().T.requires_grad_()
+    assert not x_t.is_contiguous() and not w_t.is_contiguous()
+    with use_backend("kernel"):
+        y = field_attention(x_t, w_t, *rest, num_heads=2, **CONFIGS["paper"][0])
+        y.square().sum().backward()
+    ref = [as_reference(t) for t in (x_t, w_t, *rest)]
+    y_ref = reference(*ref, num_heads=2, **CONFIGS["paper"][0])
+    y_ref.square().sum().backward()
+    assert_rel_close(y, y_ref, torch.float32, "Y")
+    assert_rel_close(x_t.grad, ref[0].grad, torch.float32, "dx")
+    assert_rel_close(w_t.grad, ref[1].grad, torch.float32, "dw_qkv")
+
+
+def test_backward_op_without_upstream_gradients():
+    inputs = [None if t is None else t.detach() for t in make_inputs("tf", 5, 3, 8, 2, 8)]
+    grads = op_module._backward(None, None, *inputs, 2, 0.5, True, "project", True, True, "after", 1e-5)
+    assert [g.shape for g in grads] == [t.shape for t in inputs] and not any(g.any() for g in grads)
+
+
+def test_empty_batch():
+    inputs = make_inputs("tf", 0, 5, 16, 2, 8, device=KERNEL_DEVICE)
+    with use_backend("kernel"):
+        y, a = field_attention(*inputs, num_heads=2, return_attention=True, **CONFIGS["tf"][0])
+        assert y.shape == (0, 5, 16) and a.shape == (0, 2, 5, 5)
+        (y.sum() + a.sum()).backward()
+    assert inputs[0].grad.shape == inputs[0].shape
+    assert not any(t.grad.any() for t in inputs[1:])
+
+
+def test_grid_has_no_axis_1_limit():
+    """B*H far above 65,535 -> one grid axis only (computed, not launched)."""
+    batch, heads = 1_000_000, 8
+    pads = kernels.padded_sizes(39, 16, heads, 32)
+    samples, _ = kernels.launch_config(batch, pads, interpreting=False)
+    assert batch * heads > 65_535
+    assert kernels.grid(batch, samples) == (math.ceil(batch / samples),)
+
+
+@pytest.mark.parametrize("fields, m_pad, samples", [(1, 16, 8), (10, 16, 8), (23, 32, 4), (39, 64, 2), (100, 128, 1)])
+def test_launch_config_on_gpu(fields, m_pad, samples):
+    pads = kernels.padded_sizes(fields, 16, 2, 32)
+    assert pads == {"M_PAD": m_pad, "D_PAD": 16, "H_PAD": 2, "DH_PAD": 32}
+    assert kernels.launch_config(65536, pads, interpreting=False)[0] == samples
+    assert kernels.launch_config(65536, pads, backward=True, interpreting=False)[0] == max(1, samples // 2)
+    # interpreter: a handful of big programs
+    assert kernels.launch_config(37, pads, interpreting=True)[0] == 8
+
+
+def naive(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, scale, qkv_relu, residual,
+          res_relu, out_relu, layer_norm, ln_eps):
+    """Sample by sample, head by head, field by field, from the equations."""
+    batch, fields, _ = x.shape
+    width = w_qkv.shape[1] // 3
+    dh = width // num_heads
+    scale = 1 / math.sqrt(dh) if scale is None else scale
+    act = torch.relu if qkv_relu else (lambda t: t)
+    ys = torch.zeros(batch, fields, width, dtype=x.dtype)
+    attention = torch.zeros(batch, num_heads, fields, fields, dtype=x.dtype)
+    for n in range(batch):
+        qkv = [act(x[n, i] @ w_qkv + (0 if b_qkv is None else b_qkv)) for i in range(fields)]
+        for i in range(fields):
+            z = torch.zeros(width, dtype=x.dtype)
+            for h in range(num_heads):
+                q = qkv[i][h * dh:(h + 1) * dh]
+                keys = [qkv[j][width + h * dh:width + (h + 1) * dh] for j in range(fields)]
+                values = [qkv[j][2 * width + h * dh:2 * width + (h + 1) * dh] for j in range(fields)]
+                e = torch.stack([torch.exp(scale * (q @ k)) for k in keys])
+                attention[n, h, i] = e / e.sum()
+                z[h * dh:(h + 1) * dh] = sum(attention[n, h, i, j] * values[j] for j in range(fields))
+            if residual == "project":
+                r = x[n, i] @ w_res + (0 if b_res is None else b_res)
+                z = z + (torch.relu(r) if res_relu else r)
+            elif residual == "identity":
+                z = z + x[n, i]
+
+            def norm(t):
+                t = (t - t.mean()) / torch.sqrt(t.var(unbiased=False) + ln_eps)
+                return t * (1 if ln_weight is None else ln_weight) + (0 if ln_bias is None else ln_bias)
+            z = norm(z) if layer_norm == "before" else z
+            z = torch.relu(z) if out_relu else z
+            ys[n, i] = norm(z) if layer_norm == "after" else z
+    return ys, attention
+
+
+@pytest.mark.parametrize("config", ["tf", "fuxictr-identity", "plain-ln"])
+def test_reference_matches_naive_loops(config):
+    inputs = [None if t is None else t.detach() for t in make_inputs(config, 3, 5, 8, 2, 4, dtype=torch.float64)]
+    options = {"scale": None, "qkv_relu": False, "res_relu": False, "out_relu": True, "layer_norm": "none",
+               "ln_eps": 1e-5, **CONFIGS[config][0]}
+    want = naive(*inputs, num_heads=2, **options)
+    for out, expected in zip(reference(*inputs, num_heads=2, return_attention=True, **options), want):
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_public_op_runs_reference_on_cpu_by_default():
+    inputs = make_inputs("tf", 4, 3, 8, 2, 8)
+    with use_backend("auto"):
+        out = field_attention(*inputs, num_heads=2, **CONFIGS["tf"][0])
+    torch.testing.assert_close(out, reference(*inputs, num_heads=2, **CONFIGS["tf"][0]))
+
+
+def _op_args(inputs, options, heads, return_attention):
+    o = {"scale": 0.5, "qkv_relu": False, "res_relu": False, "out_relu": True, "layer_norm": "none",
+         "ln_eps": 1e-5, **options}
+    return (*inputs, heads, o["scale"], o["qkv_relu"], o["residual"], o["res_relu"], o["out_relu"],
+            o["layer_norm"], o["ln_eps"]) + ((return_attention,) if return_attention is not None else ())
+
+
+@pytest.mark.parametrize("config", ["tf", "fuxictr-identity"])
+def test_opcheck(config):
+    inputs = make_inputs(config, 11, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    options = CONFIGS[config][0]
+    for return_attention in (True, False):
+        torch.library.opcheck(op_module._forward, _op_args(inputs, options, 2, return_attention))
+    detached = [None if t is None else t.detach() for t in inputs]
+    grad_y = torch.randn(11, 7, 16, device=KERNEL_DEVICE)
+    grad_a = torch.randn(11, 2, 7, 7, device=KERNEL_DEVICE)
+    for gy, ga in ((grad_y, grad_a), (grad_y, None), (None, grad_a)):
+        torch.library.opcheck(op_module._backward, (gy, ga, *_op_args(detached, options, 2, None)))
+
+
+def test_torch_compile_fullgraph_forward_backward(monkeypatch):
+    # dynamo cannot trace the ContextVar read in fastint._backend.current_backend: pin the kernel
+    monkeypatch.setattr(_backend, "current_backend", lambda: "kernel")
+    inputs = make_inputs("tf", 13, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    leaves = [t for t in inputs if t is not None]
+    grad_y, grad_a = torch.randn(13, 7, 16), torch.randn(13, 2, 7, 7)
+
+    def step(*tensors):
+        y, a = field_attention(*tensors, num_heads=2, return_attention=True, **CONFIGS["tf"][0])
+        return (y * grad_y.to(y.device)).sum() + (a * grad_a.to(y.device)).sum()
+
+    torch._dynamo.reset()
+    compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), leaves)
+    eager_grads = torch.autograd.grad(step(*inputs), leaves)
+    for g, g_eager in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)
+
+
+def _args(**over):
+    """Valid keyword arguments (d=8, H=2, dh=4) with some replaced."""
+    base = dict(x=torch.randn(4, 5, 8), w_qkv=torch.randn(8, 24), b_qkv=torch.randn(24),
+                w_res=torch.randn(8, 8), b_res=None, ln_weight=None, ln_bias=None, num_heads=2)
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (_args(num_heads=5), ValueError, r"w_qkv must have shape \[d, 3\*num_heads\*head_dim\] with num_heads=5"),
+    (_args(num_heads=0), ValueError, "num_heads must be a positive int"),
+    (_args(w_qkv=torch.randn(7, 24)), ValueError, r"w_qkv must have shape \[8, 24\]"),
+    (_args(x=torch.randn(4, 8)), ValueError, "x must have 3 dimensions"),
+    (_args(x=torch.randn(4, 0, 8)), ValueError, "at least one field"),
+    (_args(b_qkv=torch.randn(23)), ValueError, r"b_qkv must have shape \[24\]"),
+    (_args(w_res=None), ValueError, "needs w_res"),
+    (_args(w_res=torch.randn(8, 7)), ValueError, r"w_res must have shape \[8, 8\]"),
+    (_args(residual="identity"), ValueError, "only used with residual=\"project\""),
+    (_args(residual="identity", w_res=None, w_qkv=torch.randn(8, 12), b_qkv=None), ValueError,
+     "needs d == num_heads\\*head_dim"),
+    (_args(residual="gated"), ValueError, "residual must be one of"),
+    (_args(layer_norm="sandwich"), ValueError, "layer_norm must be one of"),
+    (_args(ln_weight=torch.ones(8)), ValueError, "ln_weight/ln_bias are only used"),
+    (_args(w_qkv=torch.randn(8, 24, dtype=torch.float16)), TypeError, "share one dtype"),
+    (_args(x=torch.randn(4, 5, 8).double()), TypeError, "x must have dtype"),
+    (_args(b_qkv=torch.randn(24, device="meta")), ValueError, "same device"),
+])
+def test_errors(args, error, match):
+    with pytest.raises(error, match=match):
+        field_attention(**args)
