@@ -120,3 +120,30 @@ def test_bad_schema():
         Schema((Field("x", "numeric"), Field("x", "numeric")))
     with pytest.raises(ValueError, match="embed_dim"):
         FieldEmbedding(SCHEMA, 0)
+
+
+def test_criteo_sample_end_to_end(shared_data, tmp_path):
+    """Real Criteo rows -> reader/preprocessing -> loader -> FieldEmbedding -> [B, 39, d]; every
+    field's embedding equals its packed-table row (OOV row for rare values)."""
+    import os
+
+    from fastint.data import BatchLoader, load_dataset
+
+    data = load_dataset("criteo", os.path.join(shared_data, "criteo_10k.tsv"),
+                        cache_dir=str(tmp_path), progress=False, min_count=5)
+    assert data.schema.num_fields == 39
+    emb = FieldEmbedding(data.schema, 8, init_std=1.0)
+    batch = next(iter(BatchLoader(data, "train", batch_size=1000, shuffle=False)))
+    out = emb(batch)
+    assert out.shape == (1000, 39, 8)
+    rows = [1 if f.kind == "numeric" else f.vocab_size + 1 for f in data.schema.fields]
+    starts = torch.tensor([0] + rows[:-1]).cumsum(0)
+    cat_fields = [i for i, f in enumerate(data.schema.fields) if f.kind == "categorical"]
+    vocab = torch.tensor([data.schema.fields[i].vocab_size for i in cat_fields])
+    ids = batch.categorical
+    local = torch.where((ids >= 0) & (ids < vocab), ids, vocab)
+    torch.testing.assert_close(out[:, cat_fields], emb.weight.detach()[starts[cat_fields] + local])
+    oov = (local == vocab).float().mean()
+    assert 0 < oov < 0.5, f"OOV share {oov:.2f}: min_count should leave some, not most, values OOV"
+    out.sum().backward()
+    assert emb.weight.grad.abs().sum() > 0

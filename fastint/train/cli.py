@@ -1,0 +1,317 @@
+"""The ``fastint`` command line.
+
+    fastint train     [--model autoint] [--dataset synthetic] [--data-path P] [--config F.yaml] ...
+    fastint evaluate  RUN_DIR [--split test]
+    fastint explain   RUN_DIR [--split test] [--samples 2048] [--out DIR]
+    fastint bench     [--bench-dir bench] [-k EXPR] [--json PATH]
+
+``fastint train`` with no arguments trains AutoInt on the built-in synthetic dataset and prints
+valid/test AUC and logloss next to the dataset's Bayes-optimal AUC, the throughput, and writes the run
+(``config.json``, ``metrics.json``, ``checkpoints/``, attention heatmaps) to ``runs/<model>-<dataset>``.
+
+Settings come from defaults < ``--config`` (YAML or JSON) < command-line flags. A config file holds
+``model``, ``model_params`` (dict), ``dataset``, ``data_path``, ``data_options`` (dict), ``cache_dir``,
+``out`` and ``train`` (dict of ``TrainConfig`` fields). Errors in the input (paths, configs, options)
+print one line ``fastint: error: ...`` on stderr and exit with status 2 (``FASTINT_DEBUG=1`` shows
+the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from fastint.data import DATASETS, Dataset, load_dataset
+from fastint.data.loader import BatchLoader
+from fastint.train.metrics import compute_metrics
+from fastint.train.trainer import OPTIMIZERS, TrainConfig, Trainer, init_distributed, predict, resolve_device
+
+DEFAULTS = {"model": "autoint", "model_params": {}, "dataset": "synthetic", "data_path": None,
+            "data_options": {}, "cache_dir": None, "out": None, "train": {}}
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_clip", "amp", "metric",
+               "patience", "seed", "device", "prefetch", "checkpoint_every", "stop_after_steps", "threads")
+
+
+class UsageError(Exception):
+    """A bad command line, path or configuration: reported as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_model(name: str, schema, params: dict):
+    from fastint.models import build_model as build
+    return build(name, schema, **params)
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def load_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            cfg = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise UsageError(f"cannot parse config {path}: {str(err).splitlines()[0]}") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise UsageError(f"config {path} must be a mapping, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise UsageError(f"config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
+    for key in ("model_params", "data_options", "train"):
+        if not isinstance(cfg.get(key, {}), dict):
+            raise UsageError(f"config {path}: {key} must be a mapping")
+    return cfg
+
+
+def resolve_run_config(args) -> dict:
+    """Defaults < config file < flags."""
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    if args.config:
+        for k, v in load_config_file(args.config).items():
+            cfg[k] = {**cfg[k], **v} if isinstance(cfg[k], dict) else v
+    for key in ("model", "dataset", "data_path", "cache_dir", "out"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["model_params"].update(_key_values(args.param, "--param"))
+    cfg["data_options"].update(_key_values(args.data_option, "--data-option"))
+    if args.rows is not None:
+        cfg["data_options"]["rows"] = args.rows
+    cfg["train"].update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    if args.no_progress:
+        cfg["train"]["progress"] = False
+    if cfg["dataset"] not in DATASETS:
+        raise UsageError(f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}")
+    if cfg["dataset"] != "synthetic" and not cfg["data_path"]:
+        raise UsageError(f"dataset {cfg['dataset']} needs --data-path")
+    if cfg["data_path"] and not os.path.exists(cfg["data_path"]):
+        raise UsageError(f"data path not found: {cfg['data_path']}")
+    cfg["out"] = cfg["out"] or os.path.join("runs", f"{cfg['model']}-{cfg['dataset']}")
+    return cfg
+
+
+def open_dataset(cfg: dict, progress: bool = True) -> Dataset:
+    return load_dataset(cfg["dataset"], cfg["data_path"], cache_dir=cfg["cache_dir"],
+                        seed=int(cfg["train"].get("seed", 0)), progress=progress, **cfg["data_options"])
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def cmd_train(args) -> int:
+    cfg = resolve_run_config(args)
+    train_cfg = TrainConfig.from_dict(cfg["train"])
+    rank, world, _ = init_distributed(resolve_device(train_cfg.device))
+    if world > 1 and rank != 0:
+        dist.barrier()  # rank 0 preprocesses (fills the cache) first
+    data = open_dataset(cfg, train_cfg.progress and rank == 0)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    model = build_model(cfg["model"], data.schema, cfg["model_params"])
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"dataset {cfg['dataset']}: {len(data):,} rows ({data.split_size('train'):,} train), "
+        f"{data.schema.num_fields} fields, positive rate {data.info.get('positive_rate', float('nan')):.3f}")
+    say(f"model {cfg['model']}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    if rank == 0:
+        os.makedirs(cfg["out"], exist_ok=True)
+        _write_json(os.path.join(cfg["out"], "config.json"), {**cfg, "train": asdict(train_cfg)})
+    trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
+    result = trainer.fit(resume=args.resume)
+    if world > 1:
+        dist.destroy_process_group()
+    if result["interrupted"]:
+        say(f"stopped after step {result['global_step']}; resume with --resume "
+            f"{os.path.join(cfg['out'], 'checkpoints', 'last.pt')}")
+        return 0
+    if rank != 0:
+        return 0
+    bayes = data.info.get("bayes_auc") if getattr(model, "task", "binary") == "binary" else None
+    summary = {**result, "device": str(trainer.device), "bayes_auc": bayes}
+    say(f"valid: {_fmt(result['valid'])}")
+    say(f"test:  {_fmt(result['test'])}")
+    if bayes:
+        say(f"Bayes-optimal AUC of the synthetic data: valid {bayes['valid']:.4f}  test {bayes['test']:.4f}")
+    say(f"throughput: {result['throughput']:,.0f} training samples/s on {trainer.device} "
+        f"({result['epochs']} epochs, best epoch {result['best_epoch']})")
+    _write_json(os.path.join(cfg["out"], "metrics.json"), summary)
+    if hasattr(model, "explain"):
+        from fastint.train.explain import explain_to_files
+        loader = BatchLoader(data, "test", 1024, shuffle=False, device=trainer.device)
+        written = explain_to_files(model, loader, cfg["out"])
+        say("wrote " + ", ".join(written))
+    return 0
+
+
+def load_run(run_dir: str, device: str) -> tuple[dict, Dataset, torch.nn.Module, torch.device]:
+    """Config, dataset, model (best weights) and device of a finished run directory."""
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise UsageError(f"{run_dir} is not a run directory (no config.json)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    ckpt_path = next((os.path.join(run_dir, "checkpoints", n) for n in ("best.pt", "last.pt")
+                      if os.path.isfile(os.path.join(run_dir, "checkpoints", n))), None)
+    if ckpt_path is None:
+        raise UsageError(f"{run_dir} has no checkpoint (checkpoints/best.pt or last.pt)")
+    data = open_dataset(cfg, progress=False)
+    model = build_model(cfg["model"], data.schema, cfg["model_params"])
+    dev = resolve_device(device)
+    ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    return cfg, data, model.to(dev), dev
+
+
+def cmd_evaluate(args) -> int:
+    cfg, data, model, dev = load_run(args.run_dir, args.device)
+    splits = ["valid", "test"] if args.split == "all" else [args.split]
+    results = {}
+    for split in splits:
+        labels, scores = predict(model, data, split, device=dev)
+        results[split] = compute_metrics(getattr(model, "task", "binary"), labels, scores)
+        print(f"{split}: {_fmt(results[split])}")
+    bayes = data.info.get("bayes_auc") if getattr(model, "task", "binary") == "binary" else None
+    if bayes:
+        print("Bayes-optimal AUC: " + "  ".join(f"{s} {bayes[s]:.4f}" for s in splits))
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from fastint.train.explain import explain_to_files
+    _, data, model, dev = load_run(args.run_dir, args.device)
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    loader = BatchLoader(data, args.split, min(1024, args.samples), shuffle=False, device=dev)
+    for path in explain_to_files(model, loader, args.out or args.run_dir, args.samples):
+        print(f"wrote {path}")
+    return 0
+
+
+def default_bench_dir() -> str:
+    here = os.path.join(os.getcwd(), "bench")
+    if os.path.isdir(here):
+        return here
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
+
+
+def cmd_bench(args) -> int:
+    from fastint.train.bench_report import to_markdown
+    bench_dir = args.bench_dir or default_bench_dir()
+    if not os.path.isdir(bench_dir):
+        raise UsageError(f"benchmark directory not found: {bench_dir}")
+    json_path = args.json or os.path.join("runs", "bench.json")
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", bench_dir, "--benchmark-only", f"--benchmark-json={json_path}",
+           "-q", "-p", "no:cacheprovider"] + (["-k", args.k] if args.k else [])
+    code = subprocess.call(cmd, cwd=os.path.dirname(os.path.abspath(bench_dir)))
+    if not os.path.isfile(json_path):
+        raise UsageError(f"pytest exited with status {code} and wrote no {json_path}")
+    with open(json_path) as f:
+        print(to_markdown(json.load(f)))
+    return 0 if code in (0, 5) else code
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="fastint", description="Train, evaluate, explain and benchmark fastint CTR models.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    t = sub.add_parser("train", help="train a model (default: AutoInt on the synthetic dataset)",
+                       description="Train a model; settings: defaults < --config < flags.")
+    t.add_argument("--model", help="autoint | afm | interhat (default autoint)")
+    t.add_argument("--dataset", help=f"{' | '.join(DATASETS)} (default synthetic)")
+    t.add_argument("--data-path", help="input file (directory for MovieLens .dat)")
+    t.add_argument("--cache-dir", help="preprocessed dataset cache (default $FASTINT_CACHE or ~/.cache/fastint)")
+    t.add_argument("--config", help="YAML or JSON run configuration")
+    t.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")
+    t.add_argument("--param", action="append", metavar="KEY=VALUE", help="model hyper-parameter (repeatable)")
+    t.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="reader/preprocessing option, e.g. min_count=10, numeric=log2 (repeatable)")
+    t.add_argument("--rows", type=int, help="rows of the synthetic dataset")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer", choices=OPTIMIZERS)
+    t.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    t.add_argument("--amp", choices=("auto", "bf16", "off"))
+    t.add_argument("--metric", choices=("auto", "auc", "logloss", "rmse"), help="early-stopping metric")
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--prefetch", type=int, help="batches prepared ahead in a background thread")
+    t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    t.add_argument("--stop-after-steps", type=int, help="checkpoint and stop after N steps (resume later)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue from checkpoints/last.pt of a run")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run", description="Metrics of a run's best weights.")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", choices=("valid", "test", "all"))
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", help="also write the metrics to this file")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("explain", help="attention heatmaps (PNG) + numbers (JSON) of a run",
+                       description="Average the model's attention over a split; write PNG heatmaps and JSON.")
+    x.add_argument("run_dir")
+    x.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    x.add_argument("--samples", type=int, default=2048, help="samples averaged")
+    x.add_argument("--out", help="output directory (default: the run directory)")
+    x.add_argument("--device", default="auto")
+    x.set_defaults(func=cmd_explain)
+
+    b = sub.add_parser("bench", help="run the benchmarks and print a markdown table",
+                       description="pytest bench/ --benchmark-only --benchmark-json, then a markdown table.")
+    b.add_argument("--bench-dir", help="benchmark directory (default ./bench or the source tree's)")
+    b.add_argument("-k", help="pytest -k expression selecting benchmarks")
+    b.add_argument("--json", help="where the JSON goes (default runs/bench.json)")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv or ["train"])
+        if args.command is None:
+            raise UsageError("fastint: a command is needed: train, evaluate, explain or bench (see --help)")
+        return args.func(args)
+    except (UsageError, ValueError, OSError, KeyError, yaml.YAMLError) as err:
+        if os.environ.get("FASTINT_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"fastint: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
