@@ -1,0 +1,76 @@
+"""afm_pooling: fused Triton kernel vs eager reference vs torch.compile(reference).
+
+AFM's setting: M in {10, 23, 39} fields (P = 45, 253, 741 pairs), k in {16, 64, 256}, t = k,
+batch up to 65,536; forward, and forward+backward (upstream gradient into the pooled output).
+The reference materialises ``[B, P, k]`` and ``[B, P, t]``: cases whose estimate exceeds half the
+GPU's memory are skipped for it (peak memory goes to extra_info for the rest).
+Run: ``pytest bench/test_bench_afm_pooling.py --benchmark-only``.
+"""
+import pytest
+import torch
+
+from bench.common import DEVICE, measure, require_gpu_for_kernels
+from fastint import use_backend
+from fastint.ops.afm_pooling import afm_pooling
+from fastint.reference.afm_pooling import afm_pooling as reference
+
+BATCHES = [4096, 16384, 65536] if DEVICE == "cuda" else [256]
+FIELDS = [10, 23, 39]
+DIMS = [16, 64, 256] if DEVICE == "cuda" else [16, 64]
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+
+_compiled_reference = torch.compile(reference)
+
+
+def _provider_fn(provider: str):
+    if provider == "fastint":
+        def run(*args):
+            with use_backend("kernel"):
+                return afm_pooling(*args)
+        return run
+    return {"eager": reference, "compiled": _compiled_reference}[provider]
+
+
+def _skip_if_reference_too_large(provider, batch, fields, dim, dtype):
+    """The reference holds about 4 tensors of [B, P, k] (p, hidden, relu, grads) at once."""
+    if provider == "fastint" or DEVICE != "cuda":
+        return
+    pairs = fields * (fields - 1) // 2
+    need = 4 * batch * pairs * dim * torch.finfo(dtype).bits // 8
+    if need > torch.cuda.get_device_properties(0).total_memory // 2:
+        pytest.skip(f"the reference would need ~{need / 2 ** 30:.0f} GiB")
+
+
+def _inputs(batch, fields, dim, dtype):
+    def leaf(*shape, scale):
+        return (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
+    return (leaf(batch, fields, dim, scale=1.0), leaf(dim, dim, scale=dim ** -0.5),
+            leaf(dim, scale=0.1), leaf(dim, scale=1.0))
+
+
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("provider", ["fastint", "eager", "compiled"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("fields", FIELDS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_afm_pooling(benchmark, batch, fields, dim, dtype, provider, mode):
+    require_gpu_for_kernels(provider)
+    _skip_if_reference_too_large(provider, batch, fields, dim, dtype)
+    inputs = _inputs(batch, fields, dim, dtype)
+    fn = _provider_fn(provider)
+    if mode == "forward":
+        def step():
+            with torch.no_grad():
+                return fn(*inputs)
+    else:
+        grad = torch.randn(batch, dim, device=DEVICE, dtype=dtype)
+
+        def step():
+            for t in inputs:
+                t.grad = None
+            fn(*inputs).backward(grad)
+    benchmark.group = f"afm_pooling-{mode}-B{batch}-M{fields}-k{dim}-{str(dtype).removeprefix('torch.')}"
+    measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
+            op="afm_pooling", provider=provider, mode=mode, batch=batch, fields=fields, dim=dim,
+            attention_dim=dim, pairs=fields * (fields - 1) // 2, dtype=str(dtype))

@@ -1,0 +1,276 @@
+"""afm_pooling: fused Triton kernel vs the float64 reference (pooled, attention and every
+gradient), the reference vs a naive double loop, saved-tensor memory, opcheck, torch.compile,
+error paths."""
+import importlib
+
+import pytest
+import torch
+
+from fastint import use_backend
+from fastint.ops.afm_pooling import afm_pooling
+from fastint.reference.afm_pooling import afm_pooling as reference
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_rel_close, randn, tolerance
+
+op_module = importlib.import_module("fastint.ops.afm_pooling")
+
+
+def make_inputs(batch, fields, dim, att, dtype=torch.float32, device="cpu"):
+    """Leaves (e, w, b, h): unit-scale e and Xavier-scale w give scores of order one."""
+    def leaf(*shape, scale):
+        return randn(*shape, dtype=dtype, device=device, scale=scale, requires_grad=True)
+    return (leaf(batch, fields, dim, scale=1.0), leaf(dim, att, scale=dim ** -0.5),
+            leaf(att, scale=0.3), leaf(att, scale=1.0))
+
+
+def random_pairs(fields, count, device="cpu"):
+    """``count`` distinct pairs with ``i != j`` in random order and orientation (e.g. (5, 2))."""
+    i, j = torch.triu_indices(fields, fields, 1)
+    pick = torch.randperm(i.numel())[:count]
+    flip = torch.rand(count) < 0.5
+    first, second = torch.where(flip, j[pick], i[pick]), torch.where(flip, i[pick], j[pick])
+    return torch.stack([first, second], 1).to(device)
+
+
+def run(inputs, pairs, grad_pooled, grad_a):
+    """Outputs and the gradients of ``<pooled, grad_pooled> + <a, grad_a>`` (grad_a may be None)."""
+    fn = reference if inputs[0].dtype == torch.float64 else afm_pooling
+    if pairs is not None:
+        pairs = pairs.to(inputs[0].device)
+    pooled, a = fn(*inputs, pairs, return_attention=True)
+    loss = (pooled.double() * grad_pooled.to(pooled.device, torch.float64)).sum()
+    if grad_a is not None:
+        loss = loss + (a.double() * grad_a.to(a.device, torch.float64)).sum()
+    return (pooled, a), torch.autograd.grad(loss, inputs)
+
+
+def check_against_reference(inputs, pairs, dtype, use_a=True):
+    batch, fields, dim = inputs[0].shape
+    num_pairs = fields * (fields - 1) // 2 if pairs is None else pairs.shape[0]
+    grad_pooled = torch.randn(batch, dim)
+    grad_a = torch.randn(batch, num_pairs) if use_a else None
+    with use_backend("kernel"):
+        (pooled, a), grads = run(inputs, pairs, grad_pooled, grad_a)
+    (pooled_ref, a_ref), grads_ref = run([as_reference(x) for x in inputs], pairs, grad_pooled, grad_a)
+    assert pooled.dtype == a.dtype == dtype and a.shape == (batch, num_pairs)
+    assert_rel_close(pooled, pooled_ref, dtype, "pooled")
+    assert_rel_close(a, a_ref, dtype, "a")
+    for name, g, g_ref in zip(("e", "w", "b", "h"), grads, grads_ref):
+        assert g.dtype == dtype and g.shape == g_ref.shape, name
+        if num_pairs == 1 and name != "e":
+            # softmax over one pair is constant: the attention weights get (rounding-)zero gradient
+            assert float(g.abs().max()) < tolerance(dtype), name
+        else:
+            assert_rel_close(g, g_ref, dtype, f"d{name}")
+
+
+# (batch, M, k, t): batches not multiples of the per-program chunk; every M, k and t appears
+SHAPES = [
+    (9, 2, 8, 16),
+    (13, 3, 16, 8),
+    (11, 7, 40, 32),
+    (7, 23, 16, 16),
+    (6, 39, 8, 32),
+    (5, 23, 40, 8),
+    (5, 7, 16, 40),
+]
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-M{}-k{}-t{}".format(*s))
+def test_kernel_matches_reference(shape, dtype):
+    inputs = make_inputs(*shape, dtype=dtype, device=KERNEL_DEVICE)
+    check_against_reference(inputs, None, dtype)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("fields, count", [(7, 9), (39, 300), (3, 1)])
+def test_given_pairs(fields, count, dtype):
+    inputs = make_inputs(10, fields, 16, 16, dtype=dtype, device=KERNEL_DEVICE)
+    pairs = random_pairs(fields, count)
+    assert count < 2 or (pairs[:, 0] > pairs[:, 1]).any()
+    check_against_reference(inputs, pairs.to(torch.int32), dtype)
+
+
+def test_out_of_order_pairs_and_repeats():
+    """Explicit (5, 2)-style pairs and a repeated pair: both count like any other pair."""
+    inputs = make_inputs(6, 6, 16, 8, device=KERNEL_DEVICE)
+    pairs = torch.tensor([[5, 2], [0, 1], [3, 1], [5, 2], [4, 0]])
+    check_against_reference(inputs, pairs, torch.float32)
+
+
+def test_pooled_only_gradient():
+    """Attention unused: its gradient reaches the kernel as None."""
+    inputs = make_inputs(9, 7, 16, 16, device=KERNEL_DEVICE)
+    check_against_reference(inputs, None, torch.float32, use_a=False)
+    grad = torch.randn(9, 16)
+    with use_backend("kernel"):
+        grads = torch.autograd.grad((afm_pooling(*inputs) * grad.to(KERNEL_DEVICE)).sum(), inputs)
+    ref = [as_reference(x) for x in inputs]
+    grads_ref = torch.autograd.grad((reference(*ref) * grad.double()).sum(), ref)
+    for name, g, g_ref in zip("ewbh", grads, grads_ref):
+        assert_rel_close(g, g_ref, torch.float32, f"d{name}")
+
+
+def test_attention_only_gradient():
+    inputs = make_inputs(9, 7, 16, 16, device=KERNEL_DEVICE)
+    grad_a = torch.randn(9, 21)
+    with use_backend("kernel"):
+        a = afm_pooling(*inputs, return_attention=True)[1]
+        grads = torch.autograd.grad((a * grad_a.to(KERNEL_DEVICE)).sum(), inputs)
+    ref = [as_reference(x) for x in inputs]
+    a_ref = reference(*ref, return_attention=True)[1]
+    grads_ref = torch.autograd.grad((a_ref * grad_a.double()).sum(), ref)
+    for name, g, g_ref in zip("ewbh", grads, grads_ref):
+        assert_rel_close(g, g_ref, torch.float32, f"d{name}")
+
+
+def test_non_contiguous_inputs():
+    e, w, b, h = make_inputs(8, 7, 16, 16, device=KERNEL_DEVICE)
+    e_t = e.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    w_t = w.detach().T.contiguous().T.requires_grad_()
+    assert not e_t.is_contiguous() and not w_t.is_contiguous()
+    check_against_reference([e_t, w_t, b, h], torch.tensor([[1, 0], [2, 6], [3, 4]]).T.contiguous().T,
+                            torch.float32)
+
+
+def test_saved_tensors_scale_with_batch_fields_dim_not_pairs():
+    """What autograd keeps is e, the weights, pairs, pooled and O(B) statistics: never B*P*k."""
+    batch, fields, dim, att = 16, 39, 16, 16
+    inputs = make_inputs(batch, fields, dim, att, device=KERNEL_DEVICE)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+    with use_backend("kernel"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pooled = afm_pooling(*inputs)
+    numel = sum(t.numel() for t in saved)
+    num_pairs = fields * (fields - 1) // 2
+    weights = dim * att + 2 * att
+    bound = batch * fields * dim + batch * (dim + 1) + weights + 2 * num_pairs
+    assert numel <= bound, f"saved {numel} elements > {bound}"
+    assert numel < batch * num_pairs * dim / 10  # the reference would save > B * P * k
+    pooled.sum().backward()
+    assert inputs[0].grad is not None
+
+
+def test_backward_op_without_upstream_gradients():
+    e, w, b, h = (x.detach() for x in make_inputs(5, 4, 8, 8))
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    _, a, stats = op_module._forward(e, w, b, h, pairs, False)
+    grads = op_module._backward(None, None, e, w, b, h, pairs, a, stats)
+    for g, x in zip(grads, (e, w, b, h)):
+        assert g.shape == x.shape and not g.any()
+
+
+def test_empty_batch():
+    e, w, b, h = make_inputs(0, 5, 16, 8, device=KERNEL_DEVICE)
+    with use_backend("kernel"):
+        pooled, a = afm_pooling(e, w, b, h, return_attention=True)
+        assert pooled.shape == (0, 16) and a.shape == (0, 10)
+        (pooled.sum() + a.sum()).backward()
+    assert e.grad.shape == e.shape and not w.grad.any()
+
+
+def test_large_fields_multiple_tiles():
+    """M = 100 fields: 4950 pairs, many pair tiles per sample, M_PAD = 128."""
+    inputs = make_inputs(3, 100, 16, 16, device=KERNEL_DEVICE)
+    check_against_reference(inputs, None, torch.float32)
+
+
+def naive(e, w, b, h):
+    """Sample by sample, pair by pair (i < j, row-major), straight from the paper."""
+    batch, fields, dim = e.shape
+    pooled = torch.zeros(batch, dim, dtype=e.dtype)
+    attention = []
+    for n in range(batch):
+        products = [e[n, i] * e[n, j] for i in range(fields) for j in range(i + 1, fields)]
+        scores = torch.stack([h @ torch.relu(w.T @ p + b) for p in products])
+        a = torch.exp(scores - scores.max())
+        a = a / a.sum()
+        pooled[n] = sum(a[q] * p for q, p in enumerate(products))
+        attention.append(a)
+    return pooled, torch.stack(attention)
+
+
+def test_reference_matches_naive_loops():
+    inputs = [x.detach().double() for x in make_inputs(3, 5, 4, 6)]
+    for out, want in zip(reference(*inputs, return_attention=True), naive(*inputs)):
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+def test_public_op_runs_reference_on_cpu_by_default():
+    inputs = make_inputs(4, 3, 8, 8)
+    with use_backend("auto"):
+        out = afm_pooling(*inputs, return_attention=True)
+    for o, r in zip(out, reference(*inputs, return_attention=True)):
+        torch.testing.assert_close(o, r)
+
+
+@pytest.mark.parametrize("return_attention", [True, False])
+def test_opcheck(return_attention):
+    e, w, b, h = (x.detach() for x in make_inputs(11, 7, 16, 8, device=KERNEL_DEVICE))
+    pairs = random_pairs(7, 12, KERNEL_DEVICE)
+    torch.library.opcheck(op_module._forward, (e, w, b, h, pairs, return_attention))
+    _, a, stats = op_module._forward(e, w, b, h, pairs, return_attention)
+    grad_pooled = torch.randn(11, 16, device=KERNEL_DEVICE)
+    grad_a = torch.randn(11, 12, device=KERNEL_DEVICE) if return_attention else None
+    torch.library.opcheck(op_module._backward, (grad_pooled, grad_a, e, w, b, h, pairs, a, stats))
+
+
+@pytest.mark.parametrize("given_pairs", [False, True], ids=["all-pairs", "given-pairs"])
+def test_torch_compile_fullgraph_forward_backward(given_pairs):
+    inputs = make_inputs(13, 7, 16, 16, device=KERNEL_DEVICE)
+    pairs = random_pairs(7, 10, KERNEL_DEVICE) if given_pairs else None
+    grad_pooled = torch.randn(13, 16, device=KERNEL_DEVICE)
+
+    def step(e, w, b, h):
+        pooled, a = afm_pooling(e, w, b, h, pairs, return_attention=True)
+        return (pooled * grad_pooled).sum() + a[:, 0].sum()
+
+    torch._dynamo.reset()
+    with use_backend("kernel"):
+        compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), inputs)
+        eager_grads = torch.autograd.grad(step(*inputs), inputs)
+    for g, g_eager in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)
+
+
+def args(**over):
+    """Valid (e, w, b, h, pairs) with some replaced."""
+    base = dict(e=torch.randn(4, 5, 8), w=torch.randn(8, 6), b=torch.randn(6), h=torch.randn(6),
+                pairs=None)
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (args(e=torch.randn(4, 5, 7)), ValueError, r"e must have shape \[\*, \*, 8\]"),
+    (args(e=torch.randn(4, 8)), ValueError, "e must have 3 dimensions"),
+    (args(w=torch.randn(8)), ValueError, "w must have 2 dimensions"),
+    (args(b=torch.randn(5)), ValueError, r"b must have shape \[6\]"),
+    (args(h=torch.randn(6, 1)), ValueError, r"h must have shape \[6\]"),
+    (args(e=torch.randn(4, 1, 8)), ValueError, "at least 2 fields"),
+    (args(pairs=torch.tensor([[0, 5]])), ValueError, r"fields 0\.\.4"),
+    (args(pairs=torch.tensor([[-1, 2]])), ValueError, r"fields 0\.\.4"),
+    (args(pairs=torch.tensor([[1, 2], [3, 3]])), ValueError, "two different fields"),
+    (args(pairs=torch.tensor([[0.0, 1.0]])), TypeError, "pairs must have dtype"),
+    (args(pairs=torch.tensor([0, 1])), ValueError, r"pairs must have shape \[\*, 2\]"),
+    (args(pairs=torch.zeros(0, 2, dtype=torch.long)), ValueError, "at least one pair"),
+    (args(w=torch.randn(8, 6, dtype=torch.float16)), TypeError, "share one dtype"),
+    (args(e=torch.randint(0, 3, (4, 5, 8))), TypeError, "e must have dtype"),
+    (args(h=torch.randn(6, device="meta")), ValueError, "same device"),
+    (args(pairs=torch.tensor([[0, 1]], device="meta")), ValueError, "same device"),
+])
+def test_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        afm_pooling(**kwargs)
+
+
+def test_backward_is_deterministic():
+    inputs = make_inputs(23, 7, 16, 16, device=KERNEL_DEVICE)
+    grads = torch.randn(23, 16), torch.randn(23, 21)
+    with use_backend("kernel"):
+        first, second = (run(inputs, None, *grads)[1] for _ in range(2))
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
