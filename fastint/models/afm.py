@@ -42,7 +42,7 @@ class AFM(CTRModel):
     def regularization_loss(self) -> torch.Tensor:
         if not self.pooling.use_attention or self.l2_attention == 0:
             return super().regularization_loss()
-        return self.l2_attention * self.pooling.weight.square().sum()
+        return self.l2_attention * self.pooling.l2_penalty()
 
     @torch.no_grad()
     def explain(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -61,8 +61,13 @@ class AFMPooling(nn.Module):
         pooled = self._fm_pooling(e)
         if not return_attention:
             return pooled
-        num_pairs = e.shape[1] * (e.shape[1] - 1) // 2 if self.pairs is None else self.pairs.shape[0]
-        return pooled, e.new_ones(e.shape[0], num_pairs)
+        return pooled, e.new_ones(e.shape[0], self.pair_index(e.shape[1]).shape[0])
+
+    def pair_index(self, num_fields: int) -> torch.Tensor:
+        """The pooled pairs as int64 ``[P, 2]``: the given list, or all ``i < j`` row-major."""
+        if self.pairs is not None:
+            return self.pairs.long()
+        return torch.triu_indices(num_fields, num_fields, offset=1).T
 
     def _fm_pooling(self, e: torch.Tensor) -> torch.Tensor:
         if e.dim() != 3:
