@@ -1,0 +1,189 @@
+// CPU kernels of the embedding bag: parallel over bags (at::parallel_for), contiguous inner loop
+// over the embedding dimension, accumulation in opmath (fp32, or fp64 for fp64 tables).
+#include "embedding_bag.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace fastint {
+namespace {
+
+constexpr int64_t kGrain = 64;  // bags per parallel chunk
+
+#define FASTINT_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+#define FASTINT_DISPATCH_INDEX(TYPE, NAME, ...) \
+  AT_DISPATCH_INDEX_TYPES(TYPE, NAME, __VA_ARGS__)
+
+template <typename index_t>
+inline void check_id(index_t id, int64_t rows) {
+  TORCH_CHECK_INDEX(id < rows, "embedding_bag: index ", static_cast<int64_t>(id),
+                    " is out of range for an embedding table of ", rows, " rows");
+}
+
+// Weighted row sum of one bag into acc[0:D]; returns the denominator (sum of weights or count).
+template <typename scalar_t, typename index_t, typename acc_t>
+acc_t accumulate_bag(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids,
+                     const scalar_t* psw, int64_t begin, int64_t end, acc_t* acc) {
+  acc_t denom = 0;
+  for (int64_t e = begin; e < end; ++e) {
+    const index_t id = ids[e];
+    if (id < 0) continue;
+    check_id(id, rows);
+    const acc_t w = psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
+    denom += w;
+    const scalar_t* row = weight + static_cast<int64_t>(id) * dim;
+    for (int64_t d = 0; d < dim; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
+  }
+  return denom;
+}
+
+template <typename acc_t>
+inline acc_t bag_scale(int64_t mode, acc_t denom) {
+  return mode == kMean ? (denom != acc_t(0) ? acc_t(1) / denom : acc_t(0)) : acc_t(1);
+}
+
+}  // namespace
+
+at::Tensor bag_forward_cpu(const at::Tensor& weight_in, const at::Tensor& indices_in, const at::Tensor& offsets_in,
+                           const std::optional<at::Tensor>& psw_in, int64_t mode) {
+  const auto weight = weight_in.contiguous();
+  const auto indices = indices_in.contiguous();
+  const auto offsets = offsets_in.contiguous();
+  const auto psw = psw_in ? std::optional<at::Tensor>(psw_in->contiguous()) : std::nullopt;
+  const int64_t bags = offsets.numel() - 1, dim = weight.size(1), rows = weight.size(0);
+  auto out = at::empty({bags, dim}, weight.options());
+  FASTINT_DISPATCH_FLOATS(weight.scalar_type(), "bag_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    FASTINT_DISPATCH_INDEX(indices.scalar_type(), "bag_forward_cpu", [&] {
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      const index_t* ids = indices.const_data_ptr<index_t>();
+      const int64_t* off = offsets.const_data_ptr<int64_t>();
+      const scalar_t* pw = psw ? psw->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, bags, kGrain, [&](int64_t first, int64_t last) {
+        std::vector<acc_t> acc(dim);
+        for (int64_t b = first; b < last; ++b) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          const acc_t denom = accumulate_bag(w, rows, dim, ids, pw, off[b], off[b + 1], acc.data());
+          const acc_t scale = bag_scale(mode, denom);
+          for (int64_t d = 0; d < dim; ++d) o[b * dim + d] = static_cast<scalar_t>(acc[d] * scale);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+void entry_scales_cpu(const at::Tensor& indices_in, const at::Tensor& offsets_in,
+                      const std::optional<at::Tensor>& psw_in, int64_t mode, at::Tensor& scale, at::Tensor& bag) {
+  const auto indices = indices_in.contiguous();
+  const auto offsets = offsets_in.contiguous();
+  const auto psw = psw_in ? std::optional<at::Tensor>(psw_in->contiguous()) : std::nullopt;
+  const int64_t bags = offsets.numel() - 1;
+  const auto acc_type = scale.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "entry_scales_cpu", [&] {
+    using acc_t = scalar_t;
+    FASTINT_DISPATCH_INDEX(indices.scalar_type(), "entry_scales_cpu", [&] {
+      const index_t* ids = indices.const_data_ptr<index_t>();
+      const int64_t* off = offsets.const_data_ptr<int64_t>();
+      acc_t* s = scale.mutable_data_ptr<acc_t>();
+      int64_t* bg = bag.mutable_data_ptr<int64_t>();
+      const acc_t* pw = psw ? psw->const_data_ptr<acc_t>() : nullptr;  // already in acc_t
+      auto weight_of = [&](int64_t e) { return pw ? pw[e] : acc_t(1); };
+      at::parallel_for(0, bags, kGrain, [&](int64_t first, int64_t last) {
+        for (int64_t b = first; b < last; ++b) {
+          acc_t denom = 0;
+          for (int64_t e = off[b]; e < off[b + 1]; ++e) denom += ids[e] >= 0 ? weight_of(e) : acc_t(0);
+          const acc_t bag_factor = bag_scale(mode, denom);
+          for (int64_t e = off[b]; e < off[b + 1]; ++e) {
+            s[e] = ids[e] >= 0 ? weight_of(e) * bag_factor : acc_t(0);
+            bg[e] = b;
+          }
+        }
+      });
+    });
+  });
+}
+
+at::Tensor segment_sum_cpu(const at::Tensor& grad_out_in, const at::Tensor& perm, const at::Tensor& segment_offsets,
+                           const at::Tensor& scale, const at::Tensor& bag, at::ScalarType out_dtype) {
+  const auto grad_out = grad_out_in.contiguous();
+  const int64_t segments = segment_offsets.numel() - 1, dim = grad_out.size(1);
+  auto rows = at::empty({segments, dim}, grad_out.options().dtype(out_dtype));
+  FASTINT_DISPATCH_FLOATS(grad_out.scalar_type(), "segment_sum_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+    const int64_t* p = perm.const_data_ptr<int64_t>();
+    const int64_t* seg = segment_offsets.const_data_ptr<int64_t>();
+    const acc_t* s = scale.const_data_ptr<acc_t>();
+    const int64_t* bg = bag.const_data_ptr<int64_t>();
+    scalar_t* r = rows.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, segments, kGrain, [&](int64_t first, int64_t last) {
+      std::vector<acc_t> acc(dim);
+      for (int64_t u = first; u < last; ++u) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t k = seg[u]; k < seg[u + 1]; ++k) {
+          const int64_t e = p[k];
+          const acc_t factor = s[e];
+          const scalar_t* grow = g + bg[e] * dim;
+          for (int64_t d = 0; d < dim; ++d) acc[d] += factor * static_cast<acc_t>(grow[d]);
+        }
+        for (int64_t d = 0; d < dim; ++d) r[u * dim + d] = static_cast<scalar_t>(acc[d]);
+      }
+    });
+  });
+  return rows;
+}
+
+at::Tensor psw_grad_cpu(const at::Tensor& grad_out_in, const at::Tensor& weight_in, const at::Tensor& indices_in,
+                        const at::Tensor& offsets_in, const at::Tensor& psw_in, int64_t mode) {
+  const auto grad_out = grad_out_in.contiguous();
+  const auto weight = weight_in.contiguous();
+  const auto indices = indices_in.contiguous();
+  const auto offsets = offsets_in.contiguous();
+  const auto psw = psw_in.contiguous();
+  const int64_t bags = offsets.numel() - 1, dim = weight.size(1), rows = weight.size(0);
+  auto grad = at::empty({indices.numel()}, psw.options());
+  FASTINT_DISPATCH_FLOATS(weight.scalar_type(), "psw_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    FASTINT_DISPATCH_INDEX(indices.scalar_type(), "psw_grad_cpu", [&] {
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+      const index_t* ids = indices.const_data_ptr<index_t>();
+      const int64_t* off = offsets.const_data_ptr<int64_t>();
+      const scalar_t* pw = psw.const_data_ptr<scalar_t>();
+      scalar_t* out = grad.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, bags, kGrain, [&](int64_t first, int64_t last) {
+        std::vector<acc_t> acc(dim);
+        for (int64_t b = first; b < last; ++b) {
+          // out_b = sum(w r)/W (mean) or sum(w r): d/dw_e = g.(r_e - out_b)/W or g.r_e.
+          acc_t g_dot_out = 0, scale = 1;
+          if (mode == kMean) {
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            const acc_t denom = accumulate_bag(w, rows, dim, ids, pw, off[b], off[b + 1], acc.data());
+            scale = bag_scale(mode, denom);
+            for (int64_t d = 0; d < dim; ++d) g_dot_out += static_cast<acc_t>(g[b * dim + d]) * acc[d] * scale;
+          }
+          for (int64_t e = off[b]; e < off[b + 1]; ++e) {
+            const index_t id = ids[e];
+            if (id < 0 || scale == acc_t(0)) { out[e] = scalar_t(0); continue; }
+            check_id(id, rows);
+            acc_t g_dot_row = 0;
+            const scalar_t* row = w + static_cast<int64_t>(id) * dim;
+            for (int64_t d = 0; d < dim; ++d) g_dot_row += static_cast<acc_t>(g[b * dim + d]) * static_cast<acc_t>(row[d]);
+            out[e] = static_cast<scalar_t>((g_dot_row - g_dot_out) * scale);
+          }
+        }
+      });
+    });
+  });
+  return grad;
+}
+
+}  // namespace fastint
