@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace fastint {
@@ -26,21 +27,76 @@ inline void check_id(index_t id, int64_t rows) {
                     " is out of range for an embedding table of ", rows, " rows");
 }
 
-// Weighted row sum of one bag into acc[0:D]; returns the denominator (sum of weights or count).
+constexpr int64_t kChunk = 16;  // columns accumulated in registers at a time (vectorised)
+// Random row reads are latency bound: while summing entry e, the row of entry e + kPrefetch
+// (possibly in a later bag, before prefetch_end) is requested.
+constexpr int64_t kPrefetch = 16;
+
+// Checks the ids of one bag and returns its denominator (sum of present weights, or their count).
 template <typename scalar_t, typename index_t, typename acc_t>
-acc_t accumulate_bag(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids,
-                     const scalar_t* psw, int64_t begin, int64_t end, acc_t* acc) {
+acc_t bag_denominator(int64_t rows, const index_t* ids, const scalar_t* psw, int64_t begin, int64_t end) {
   acc_t denom = 0;
   for (int64_t e = begin; e < end; ++e) {
-    const index_t id = ids[e];
-    if (id < 0) continue;
-    check_id(id, rows);
-    const acc_t w = psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
-    denom += w;
-    const scalar_t* row = weight + static_cast<int64_t>(id) * dim;
-    for (int64_t d = 0; d < dim; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
+    if (ids[e] < 0) continue;
+    check_id(ids[e], rows);
+    denom += psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
   }
   return denom;
+}
+
+// out[0:D] = scale * sum_e w_e * weight[id_e] over the bag's present ids (already checked),
+// kChunk columns at a time in a local array the compiler keeps in vector registers.
+// Columns [d0, d0 + width) of one bag; WIDTH > 0 fixes the width at compile time so the
+// accumulators stay in vector registers (WIDTH == 0: the run-time `width`, for the tail).
+template <int64_t WIDTH, typename scalar_t, typename index_t, typename acc_t, typename out_t>
+inline void sum_columns(const scalar_t* __restrict__ weight, int64_t rows, int64_t dim, const index_t* __restrict__ ids,
+                        const scalar_t* __restrict__ psw, int64_t begin, int64_t end, int64_t prefetch_end,
+                        int64_t d0, int64_t width, acc_t scale, out_t* __restrict__ out) {
+  constexpr int64_t kSlots = WIDTH > 0 ? WIDTH : kChunk;
+  const int64_t n = WIDTH > 0 ? WIDTH : width;
+  acc_t local[kSlots] = {};
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t ahead = e + kPrefetch;
+    if (ahead < prefetch_end && ids[ahead] >= 0 && ids[ahead] < rows) {
+      __builtin_prefetch(weight + static_cast<int64_t>(ids[ahead]) * dim + d0);
+    }
+    if (ids[e] < 0) continue;
+    const acc_t w = psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
+    const scalar_t* __restrict__ row = weight + static_cast<int64_t>(ids[e]) * dim + d0;
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < n; ++j) local[j] += w * static_cast<acc_t>(row[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) out[d0 + j] = static_cast<out_t>(local[j] * scale);
+}
+
+// out[0:D] = scale * sum_e w_e * weight[id_e] over the bag's present ids (already checked).
+template <typename scalar_t, typename index_t, typename acc_t, typename out_t>
+void bag_sum(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids, const scalar_t* psw,
+             int64_t begin, int64_t end, int64_t prefetch_end, acc_t scale, out_t* out) {
+  int64_t d0 = 0;
+  for (; d0 + kChunk <= dim; d0 += kChunk) {
+    sum_columns<kChunk>(weight, rows, dim, ids, psw, begin, end, prefetch_end, d0, kChunk, scale, out);
+  }
+  if (d0 < dim) sum_columns<0>(weight, rows, dim, ids, psw, begin, end, prefetch_end, d0, dim - d0, scale, out);
+}
+
+// Columns [d0, d0 + width) of one gradient segment: sum over its entries k (sorted order) of
+// scale[perm[k]] * grad_out[bag[perm[k]]]. WIDTH as in sum_columns.
+template <int64_t WIDTH, typename scalar_t, typename acc_t>
+inline void segment_columns(const scalar_t* __restrict__ grad_out, int64_t dim, const int64_t* __restrict__ perm,
+                            int64_t begin, int64_t end, const acc_t* __restrict__ scale,
+                            const int64_t* __restrict__ bag, int64_t d0, int64_t width, scalar_t* __restrict__ out) {
+  constexpr int64_t kSlots = WIDTH > 0 ? WIDTH : kChunk;
+  const int64_t n = WIDTH > 0 ? WIDTH : width;
+  acc_t local[kSlots] = {};
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t e = perm[k];
+    const acc_t factor = scale[e];
+    const scalar_t* __restrict__ grow = grad_out + bag[e] * dim + d0;
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < n; ++j) local[j] += factor * static_cast<acc_t>(grow[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) out[d0 + j] = static_cast<scalar_t>(local[j]);
 }
 
 template <typename acc_t>
@@ -67,12 +123,9 @@ at::Tensor bag_forward_cpu(const at::Tensor& weight_in, const at::Tensor& indice
       const scalar_t* pw = psw ? psw->const_data_ptr<scalar_t>() : nullptr;
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, bags, kGrain, [&](int64_t first, int64_t last) {
-        std::vector<acc_t> acc(dim);
         for (int64_t b = first; b < last; ++b) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          const acc_t denom = accumulate_bag(w, rows, dim, ids, pw, off[b], off[b + 1], acc.data());
-          const acc_t scale = bag_scale(mode, denom);
-          for (int64_t d = 0; d < dim; ++d) o[b * dim + d] = static_cast<scalar_t>(acc[d] * scale);
+          const auto denom = bag_denominator<scalar_t, index_t, acc_t>(rows, ids, pw, off[b], off[b + 1]);
+          bag_sum(w, rows, dim, ids, pw, off[b], off[b + 1], off[last], bag_scale(mode, denom), o + b * dim);
         }
       });
     });
@@ -125,16 +178,12 @@ at::Tensor segment_sum_cpu(const at::Tensor& grad_out_in, const at::Tensor& perm
     const int64_t* bg = bag.const_data_ptr<int64_t>();
     scalar_t* r = rows.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, segments, kGrain, [&](int64_t first, int64_t last) {
-      std::vector<acc_t> acc(dim);
       for (int64_t u = first; u < last; ++u) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t k = seg[u]; k < seg[u + 1]; ++k) {
-          const int64_t e = p[k];
-          const acc_t factor = s[e];
-          const scalar_t* grow = g + bg[e] * dim;
-          for (int64_t d = 0; d < dim; ++d) acc[d] += factor * static_cast<acc_t>(grow[d]);
+        int64_t d0 = 0;
+        for (; d0 + kChunk <= dim; d0 += kChunk) {
+          segment_columns<kChunk>(g, dim, p, seg[u], seg[u + 1], s, bg, d0, kChunk, r + u * dim);
         }
-        for (int64_t d = 0; d < dim; ++d) r[u * dim + d] = static_cast<scalar_t>(acc[d]);
+        if (d0 < dim) segment_columns<0>(g, dim, p, seg[u], seg[u + 1], s, bg, d0, dim - d0, r + u * dim);
       }
     });
   });
@@ -163,17 +212,16 @@ at::Tensor psw_grad_cpu(const at::Tensor& grad_out_in, const at::Tensor& weight_
         std::vector<acc_t> acc(dim);
         for (int64_t b = first; b < last; ++b) {
           // out_b = sum(w r)/W (mean) or sum(w r): d/dw_e = g.(r_e - out_b)/W or g.r_e.
-          acc_t g_dot_out = 0, scale = 1;
+          const auto denom = bag_denominator<scalar_t, index_t, acc_t>(rows, ids, pw, off[b], off[b + 1]);
+          const acc_t scale = bag_scale(mode, denom);
+          acc_t g_dot_out = 0;
           if (mode == kMean) {
-            std::fill(acc.begin(), acc.end(), acc_t(0));
-            const acc_t denom = accumulate_bag(w, rows, dim, ids, pw, off[b], off[b + 1], acc.data());
-            scale = bag_scale(mode, denom);
-            for (int64_t d = 0; d < dim; ++d) g_dot_out += static_cast<acc_t>(g[b * dim + d]) * acc[d] * scale;
+            bag_sum(w, rows, dim, ids, pw, off[b], off[b + 1], off[last], scale, acc.data());
+            for (int64_t d = 0; d < dim; ++d) g_dot_out += static_cast<acc_t>(g[b * dim + d]) * acc[d];
           }
           for (int64_t e = off[b]; e < off[b + 1]; ++e) {
             const index_t id = ids[e];
             if (id < 0 || scale == acc_t(0)) { out[e] = scalar_t(0); continue; }
-            check_id(id, rows);
             acc_t g_dot_row = 0;
             const scalar_t* row = w + static_cast<int64_t>(id) * dim;
             for (int64_t d = 0; d < dim; ++d) g_dot_row += static_cast<acc_t>(g[b * dim + d]) * static_cast<acc_t>(row[d]);
