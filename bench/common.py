@@ -61,3 +61,15 @@ def forward_backward(fn, *leaves: torch.Tensor):
         out = out[0] if isinstance(out, tuple) else out
         out.float().sum().backward()
     return step
+
+
+def op_providers(op, reference) -> dict:
+    """The standard providers of an op benchmark: ``fastint`` (the op on its kernel backend),
+    ``eager`` (the plain-PyTorch reference) and ``compiled`` (``torch.compile`` of it)."""
+    from fastint import use_backend
+
+    def fastint(*args, **kwargs):
+        with use_backend("kernel"):
+            return op(*args, **kwargs)
+
+    return {"fastint": fastint, "eager": reference, "compiled": torch.compile(reference)}

@@ -9,8 +9,7 @@ Run: ``pytest bench/test_bench_afm_pooling.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, measure, require_gpu_for_kernels
-from fastint import use_backend
+from bench.common import DEVICE, measure, op_providers, require_gpu_for_kernels
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
 
@@ -19,16 +18,9 @@ FIELDS = [10, 23, 39]
 DIMS = [16, 64, 256] if DEVICE == "cuda" else [16, 64]
 DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 
-_compiled_reference = torch.compile(reference)
 
 
-def _provider_fn(provider: str):
-    if provider == "fastint":
-        def run(*args):
-            with use_backend("kernel"):
-                return afm_pooling(*args)
-        return run
-    return {"eager": reference, "compiled": _compiled_reference}[provider]
+PROVIDERS = op_providers(afm_pooling, reference)
 
 
 def _skip_if_reference_too_large(provider, batch, fields, dim, dtype):
@@ -58,7 +50,7 @@ def test_afm_pooling(benchmark, batch, fields, dim, dtype, provider, mode):
     require_gpu_for_kernels(provider)
     _skip_if_reference_too_large(provider, batch, fields, dim, dtype)
     inputs = _inputs(batch, fields, dim, dtype)
-    fn = _provider_fn(provider)
+    fn = PROVIDERS[provider]
     if mode == "forward":
         def step():
             with torch.no_grad():

@@ -10,8 +10,7 @@ Run: ``pytest bench/test_bench_field_attention.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, forward_backward, measure, require_gpu_for_kernels
-from fastint import use_backend
+from bench.common import DEVICE, forward_backward, measure, op_providers, require_gpu_for_kernels
 from fastint.ops.field_attention import field_attention
 from fastint.reference.field_attention import field_attention as reference
 
@@ -27,7 +26,6 @@ OPTIONS = {
 }
 PRESENT = {"deepctr": ("w_res",), "tf": ("b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")}
 
-_compiled_reference = torch.compile(reference)
 
 
 def deepctr_style(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, **_):
@@ -45,13 +43,7 @@ def deepctr_style(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_head
     return torch.relu(out + torch.tensordot(x, w_res, dims=([-1], [0])))
 
 
-def _provider_fn(provider: str):
-    if provider == "fastint":
-        def run(*args, **kwargs):
-            with use_backend("kernel"):
-                return field_attention(*args, **kwargs)
-        return run
-    return {"eager": reference, "compiled": _compiled_reference, "deepctr_style": deepctr_style}[provider]
+PROVIDERS = {**op_providers(field_attention, reference), "deepctr_style": deepctr_style}
 
 
 def _inputs(batch: int, fields: int, variant: str, dtype: torch.dtype):
@@ -76,7 +68,7 @@ def test_field_attention(benchmark, batch, fields, dtype, variant, provider, mod
     if provider == "deepctr_style" and variant != "deepctr":
         pytest.skip("the DeepCTR-Torch formulation has no biases, Q/K/V ReLU or LayerNorm")
     inputs = _inputs(batch, fields, variant, dtype)
-    fn, options = _provider_fn(provider), OPTIONS[variant]
+    fn, options = PROVIDERS[provider], OPTIONS[variant]
 
     def call():
         return fn(*inputs, num_heads=HEADS, **options)

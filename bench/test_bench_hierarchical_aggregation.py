@@ -7,8 +7,7 @@ Run: ``pytest bench/test_bench_hierarchical_aggregation.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, measure, require_gpu_for_kernels
-from fastint import use_backend
+from bench.common import DEVICE, measure, op_providers, require_gpu_for_kernels
 from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as reference
 
@@ -18,16 +17,9 @@ DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32
 DIM = ATT = 16
 ORDERS = 3
 
-_compiled_reference = torch.compile(reference)
 
 
-def _provider_fn(provider: str):
-    if provider == "fastint":
-        def run(*args):
-            with use_backend("kernel"):
-                return hierarchical_aggregation(*args)
-        return run
-    return {"eager": reference, "compiled": _compiled_reference}[provider]
+PROVIDERS = op_providers(hierarchical_aggregation, reference)
 
 
 def _inputs(batch: int, fields: int, dtype: torch.dtype):
@@ -45,7 +37,7 @@ def _inputs(batch: int, fields: int, dtype: torch.dtype):
 def test_hierarchical_aggregation(benchmark, batch, fields, dtype, provider, mode):
     require_gpu_for_kernels(provider)
     inputs = _inputs(batch, fields, dtype)
-    fn = _provider_fn(provider)
+    fn = PROVIDERS[provider]
     if mode == "forward":
         def step():
             with torch.no_grad():

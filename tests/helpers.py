@@ -46,3 +46,17 @@ def as_reference(t: torch.Tensor | None) -> torch.Tensor | None:
         return None
     r = t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype)
     return r.requires_grad_(t.requires_grad)
+
+
+def assert_compiled_grads_match(step, inputs, leaves=None) -> None:
+    """``torch.compile(step, fullgraph=True)`` on the kernel backend gives eager's gradients with
+    respect to ``leaves`` (default: ``inputs``); fullgraph fails on any graph break."""
+    from fastint import use_backend
+
+    leaves = list(inputs) if leaves is None else leaves
+    torch._dynamo.reset()
+    with use_backend("kernel"):
+        compiled = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), leaves)
+        eager = torch.autograd.grad(step(*inputs), leaves)
+    for g, g_eager in zip(compiled, eager):
+        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 from fastint import use_backend
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_rel_close, randn, tolerance
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close, randn, tolerance
 
 op_module = importlib.import_module("fastint.ops.afm_pooling")
 
@@ -228,12 +228,7 @@ def test_torch_compile_fullgraph_forward_backward(given_pairs):
         pooled, a = afm_pooling(e, w, b, h, pairs, return_attention=True)
         return (pooled * grad_pooled).sum() + a[:, 0].sum()
 
-    torch._dynamo.reset()
-    with use_backend("kernel"):
-        compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), inputs)
-        eager_grads = torch.autograd.grad(step(*inputs), inputs)
-    for g, g_eager in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)
+    assert_compiled_grads_match(step, inputs)
 
 
 def args(**over):

@@ -12,7 +12,7 @@ import importlib
 op_module = importlib.import_module("fastint.ops.field_attention")
 from fastint.ops.field_attention import field_attention
 from fastint.reference.field_attention import field_attention as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_rel_close, randn
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close
 
 PARAMS = ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")
 
@@ -289,12 +289,7 @@ def test_torch_compile_fullgraph_forward_backward():
         y, a = field_attention(*tensors, num_heads=2, return_attention=True, **CONFIGS["tf"][0])
         return (y * grad_y.to(y.device)).sum() + (a * grad_a.to(y.device)).sum()
 
-    torch._dynamo.reset()
-    with use_backend("kernel"):
-        compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), leaves)
-        eager_grads = torch.autograd.grad(step(*inputs), leaves)
-    for g, g_eager in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)
+    assert_compiled_grads_match(step, inputs, leaves)
 
 
 def _args(**over):

@@ -8,7 +8,7 @@ import torch
 from fastint import use_backend
 from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_rel_close, randn
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close, randn
 
 # the module (fastint.ops may re-export the function under the same name)
 op_module = importlib.import_module("fastint.ops.hierarchical_aggregation")
@@ -157,12 +157,7 @@ def test_torch_compile_fullgraph_forward_backward(use_alpha):
         loss = (u * grad_u.to(u.device)).sum()
         return loss + (alpha * grad_alpha.to(u.device)).sum() if use_alpha else loss
 
-    torch._dynamo.reset()
-    with use_backend("kernel"):
-        compiled_grads = torch.autograd.grad(torch.compile(step, fullgraph=True)(*inputs), inputs)
-        eager_grads = torch.autograd.grad(step(*inputs), inputs)
-    for g, g_eager in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(g, g_eager, rtol=1e-5, atol=1e-6)
+    assert_compiled_grads_match(step, inputs)
 
 
 def shapes(**over):
