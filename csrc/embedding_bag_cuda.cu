@@ -36,9 +36,21 @@ void with_lanes(int lanes, F&& f) {
   }
 }
 
+// Lanes of this thread's group within its warp: groups of one warp loop over different bags, so a
+// shuffle may only name its own group (a full-warp mask with diverged groups is undefined).
+template <int TPB>
+__device__ inline unsigned group_mask() {
+  if constexpr (TPB == 32) {
+    return 0xffffffffu;
+  } else {
+    return ((1u << TPB) - 1u) << (threadIdx.x % 32 / TPB * TPB);
+  }
+}
+
 template <int TPB>
 __device__ inline float group_sum(float v) {
-  for (int step = TPB / 2; step > 0; step /= 2) v += __shfl_xor_sync(0xffffffffu, v, step, TPB);
+  const unsigned mask = group_mask<TPB>();
+  for (int step = TPB / 2; step > 0; step /= 2) v += __shfl_xor_sync(mask, v, step, TPB);
   return v;
 }
 
@@ -104,7 +116,7 @@ __global__ void segment_sum_kernel(const scalar_t* __restrict__ grad_out, int64_
 }
 
 // d(out_b)/d(w_e) . g_b = (g_b . row_e - [mean] g_b . out_b) * scale_b. All lanes of a group loop
-// over the same entries, so the group reductions are convergent.
+// over the same entries, so each group's reductions are convergent within the group.
 template <int TPB, typename scalar_t, typename index_t>
 __global__ void psw_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ weight,
                                 int64_t rows, int64_t dim, const index_t* __restrict__ ids,
@@ -112,7 +124,7 @@ __global__ void psw_grad_kernel(const scalar_t* __restrict__ grad_out, const sca
                                 int64_t mode, int64_t bags, scalar_t* __restrict__ grad) {
   const int64_t bag = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / TPB;
   const int lane = threadIdx.x % TPB;
-  if (bag >= bags) return;  // whole groups exit together (TPB divides the warp)
+  if (bag >= bags) return;  // whole groups exit together (TPB divides the warp; masks are per group)
   const int64_t begin = offsets[bag], end = offsets[bag + 1];
   const scalar_t* g = grad_out + bag * dim;
   float denom = 0, g_dot_sum = 0;
