@@ -65,11 +65,11 @@ torch.library.register_autograd("fastint::embedding_bag_forward", _backward, set
 
 
 def _data_checks_enabled(t: Tensor) -> bool:
-    """Value checks (id range, offsets) need a host sync on CUDA: on by default, off with
-    ``FASTINT_CHECK_INPUTS=0``. On CPU the offsets are always checked (the C++ kernel checks ids)."""
+    """Python value checks (id range, offsets) of CUDA inputs or the reference path; on CUDA they cost
+    a host sync: on by default, off with ``FASTINT_CHECK_INPUTS=0`` (and while compiling)."""
     if torch.compiler.is_compiling():
         return False
-    return not t.is_cuda or os.environ.get("FASTINT_CHECK_INPUTS", "1") != "0"
+    return os.environ.get("FASTINT_CHECK_INPUTS", "1") != "0"
 
 
 def _check(weight, indices, offsets, per_sample_weights, mode, num_fields) -> int:
@@ -93,8 +93,6 @@ def _check(weight, indices, offsets, per_sample_weights, mode, num_fields) -> in
     if per_sample_weights is not None:
         check_tensor("per_sample_weights", per_sample_weights, dtypes=(weight.dtype,),
                      shape=tuple(indices.shape))
-    if _data_checks_enabled(indices):
-        _check_values(weight, indices, offsets)
     return fields
 
 
@@ -105,7 +103,7 @@ def _check_values(weight, indices, offsets) -> None:
             raise ValueError(f"offsets must start at 0 and end at nnz={indices.shape[0]}, got {first} .. {last}")
         if bool((offsets.diff() < 0).any()):
             raise ValueError("offsets must be non-decreasing")
-    if indices.is_cuda and indices.numel() and int(indices.max()) >= weight.shape[0]:
+    if indices.numel() and int(indices.max()) >= weight.shape[0]:
         raise IndexError(f"embedding_bag: index {int(indices.max())} is out of range for an embedding "
                          f"table of {weight.shape[0]} rows")
 
@@ -133,7 +131,10 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor | None = None
     offset checks cost a host sync; ``FASTINT_CHECK_INPUTS=0`` turns them off there.
     """
     fields = _check(weight, indices, offsets, per_sample_weights, mode, num_fields)
-    if current_backend() == "reference":
+    backend = current_backend()
+    if (indices.is_cuda or backend == "reference") and _data_checks_enabled(indices):
+        _check_values(weight, indices, offsets)  # the C++ CPU kernel checks ids and offsets itself
+    if backend == "reference":
         return _reference(weight, indices, offsets, per_sample_weights, mode, sparse, fields)
     if offsets is None:
         flat = indices.reshape(-1)
