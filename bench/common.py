@@ -52,14 +52,25 @@ def measure(benchmark, fn, *, rounds: int = 20, warmup: int = 3, **info) -> None
     benchmark.pedantic(run, rounds=rounds, iterations=1)
 
 
-def forward_backward(fn, *leaves: torch.Tensor):
-    """A callable running ``fn()`` then backward of the sum of its (first) output."""
+def forward_only(fn):
+    """A callable running ``fn()`` without autograd."""
+    def step():
+        with torch.no_grad():
+            return fn()
+    return step
+
+
+def forward_backward(fn, *leaves: torch.Tensor, grads=None):
+    """A callable running ``fn()`` then backward: of its outputs with ``grads`` when given, else of
+    the sum of its (first) output; clears the leaves' gradients first."""
     def step():
         for t in leaves:
             t.grad = None
         out = fn()
-        out = out[0] if isinstance(out, tuple) else out
-        out.float().sum().backward()
+        if grads is not None:
+            torch.autograd.backward(out, grads)
+        else:
+            (out[0] if isinstance(out, tuple) else out).float().sum().backward()
     return step
 
 

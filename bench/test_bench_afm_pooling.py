@@ -9,7 +9,7 @@ Run: ``pytest bench/test_bench_afm_pooling.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, measure, op_providers, require_gpu_for_kernels
+from bench.common import DEVICE, forward_backward, forward_only, measure, op_providers, require_gpu_for_kernels
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
 
@@ -51,17 +51,9 @@ def test_afm_pooling(benchmark, batch, fields, dim, dtype, provider, mode):
     _skip_if_reference_too_large(provider, batch, fields, dim, dtype)
     inputs = _inputs(batch, fields, dim, dtype)
     fn = PROVIDERS[provider]
-    if mode == "forward":
-        def step():
-            with torch.no_grad():
-                return fn(*inputs)
-    else:
-        grad = torch.randn(batch, dim, device=DEVICE, dtype=dtype)
-
-        def step():
-            for t in inputs:
-                t.grad = None
-            fn(*inputs).backward(grad)
+    grad = torch.randn(batch, dim, device=DEVICE, dtype=dtype)
+    step = (forward_only(lambda: fn(*inputs)) if mode == "forward"
+            else forward_backward(lambda: fn(*inputs), *inputs, grads=grad))
     benchmark.group = f"afm_pooling-{mode}-B{batch}-M{fields}-k{dim}-{str(dtype).removeprefix('torch.')}"
     measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
             op="afm_pooling", provider=provider, mode=mode, batch=batch, fields=fields, dim=dim,

@@ -7,7 +7,7 @@ Run: ``pytest bench/test_bench_hierarchical_aggregation.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, measure, op_providers, require_gpu_for_kernels
+from bench.common import DEVICE, forward_backward, forward_only, measure, op_providers, require_gpu_for_kernels
 from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as reference
 
@@ -38,18 +38,10 @@ def test_hierarchical_aggregation(benchmark, batch, fields, dtype, provider, mod
     require_gpu_for_kernels(provider)
     inputs = _inputs(batch, fields, dtype)
     fn = PROVIDERS[provider]
-    if mode == "forward":
-        def step():
-            with torch.no_grad():
-                return fn(*inputs)
-    else:
-        grads = (torch.randn(batch, ORDERS, DIM, device=DEVICE, dtype=dtype),
-                 torch.randn(batch, ORDERS, fields, device=DEVICE, dtype=dtype))
-
-        def step():
-            for t in inputs:
-                t.grad = None
-            torch.autograd.backward(fn(*inputs), grads)
+    grads = (torch.randn(batch, ORDERS, DIM, device=DEVICE, dtype=dtype),
+             torch.randn(batch, ORDERS, fields, device=DEVICE, dtype=dtype))
+    step = (forward_only(lambda: fn(*inputs)) if mode == "forward"
+            else forward_backward(lambda: fn(*inputs), *inputs, grads=grads))
     group = f"hierarchical_aggregation-{mode}-B{batch}-M{fields}-{str(dtype).removeprefix('torch.')}"
     benchmark.group = group
     measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
