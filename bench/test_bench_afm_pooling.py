@@ -9,52 +9,39 @@ Run: ``pytest bench/test_bench_afm_pooling.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, forward_backward, forward_only, measure, op_providers, require_gpu_for_kernels
+from bench.common import (BATCHES, DEVICE, DTYPES, FIELDS, ON_GPU, dtype_of, forward_backward,
+                          forward_only, leaf, measure, op_providers, require_gpu_for_kernels)
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
 
-BATCHES = [4096, 16384, 65536] if DEVICE == "cuda" else [256]
-FIELDS = [10, 23, 39]
-DIMS = [16, 64, 256] if DEVICE == "cuda" else [16, 64]
-DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
-
-
-
+DIMS = [16, 64, 256] if ON_GPU else [16, 64]
 PROVIDERS = op_providers(afm_pooling, reference)
 
 
 def _skip_if_reference_too_large(provider, batch, fields, dim, dtype):
     """The reference holds about 4 tensors of [B, P, k] (p, hidden, relu, grads) at once."""
-    if provider == "fastint" or DEVICE != "cuda":
+    if provider == "fastint" or not ON_GPU:
         return
     pairs = fields * (fields - 1) // 2
-    need = 4 * batch * pairs * dim * torch.finfo(dtype).bits // 8
+    need = 4 * batch * pairs * dim * torch.finfo(dtype_of(dtype)).bits // 8
     if need > torch.cuda.get_device_properties(0).total_memory // 2:
         pytest.skip(f"the reference would need ~{need / 2 ** 30:.0f} GiB")
 
 
-def _inputs(batch, fields, dim, dtype):
-    def leaf(*shape, scale):
-        return (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
-    return (leaf(batch, fields, dim, scale=1.0), leaf(dim, dim, scale=dim ** -0.5),
-            leaf(dim, scale=0.1), leaf(dim, scale=1.0))
-
-
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
 @pytest.mark.parametrize("provider", ["fastint", "eager", "compiled"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("fields", FIELDS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_afm_pooling(benchmark, batch, fields, dim, dtype, provider, mode):
     require_gpu_for_kernels(provider)
     _skip_if_reference_too_large(provider, batch, fields, dim, dtype)
-    inputs = _inputs(batch, fields, dim, dtype)
+    inputs = (leaf(batch, fields, dim, dtype=dtype), leaf(dim, dim, scale=dim ** -0.5, dtype=dtype),
+              leaf(dim, scale=0.1, dtype=dtype), leaf(dim, dtype=dtype))
     fn = PROVIDERS[provider]
-    grad = torch.randn(batch, dim, device=DEVICE, dtype=dtype)
+    grad = torch.randn(batch, dim, device=DEVICE, dtype=dtype_of(dtype))
     step = (forward_only(lambda: fn(*inputs)) if mode == "forward"
             else forward_backward(lambda: fn(*inputs), *inputs, grads=grad))
-    benchmark.group = f"afm_pooling-{mode}-B{batch}-M{fields}-k{dim}-{str(dtype).removeprefix('torch.')}"
-    measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
-            op="afm_pooling", provider=provider, mode=mode, batch=batch, fields=fields, dim=dim,
-            attention_dim=dim, pairs=fields * (fields - 1) // 2, dtype=str(dtype))
+    measure(benchmark, step, op="afm_pooling", provider=provider, mode=mode, dtype=dtype,
+            shape=dict(B=batch, M=fields, P=fields * (fields - 1) // 2, k=dim, t=dim))

@@ -28,11 +28,12 @@ def providers(weight, local, packed, offsets, pooling):
     per_field_offsets = torch.arange(0, batch * pooling, pooling, device=DEVICE)
     flat, starts = packed.reshape(-1), offsets[:-1]
     return {
-        "fastint": (lambda: embedding_bag(weight, flat, offsets, num_fields=FIELDS), [weight]),
-        "per-field-nn.EmbeddingBag": (
-            lambda: torch.stack([tables[f](local[:, f].reshape(-1), per_field_offsets) for f in range(FIELDS)], 1),
+        "fastint": (lambda: embedding_bag(flat, weight, offsets, num_fields=FIELDS), [weight]),
+        "per_field_nn_embedding_bag": (
+            lambda: torch.stack([tables[f](local[:, f].reshape(-1), per_field_offsets)
+                                 for f in range(FIELDS)], 1),
             [t.weight for t in tables]),
-        "packed-F.embedding_bag": (
+        "packed_F_embedding_bag": (
             lambda: F.embedding_bag(flat, weight, starts, mode="sum").view(batch, FIELDS, dim), [weight]),
     }
 
@@ -40,8 +41,8 @@ def providers(weight, local, packed, offsets, pooling):
 BATCHES = [4096, 65536]
 
 
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("provider", ["fastint", "per-field-nn.EmbeddingBag", "packed-F.embedding_bag"])
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("provider", ["fastint", "per_field_nn_embedding_bag", "packed_F_embedding_bag"])
 @pytest.mark.parametrize("pooling", [1, 8])
 @pytest.mark.parametrize("dim", [16, 64])
 @pytest.mark.parametrize("batch", BATCHES)
@@ -53,5 +54,5 @@ def test_embedding_bag(benchmark, batch, dim, pooling, provider, mode):
     run = fn if mode == "forward" else forward_backward(fn, *leaves)
     with torch.no_grad() if mode == "forward" else torch.enable_grad():
         rounds = 10 if DEVICE == "cuda" else 20 if batch <= 4096 else 5  # small CPU cases are noisy
-        measure(benchmark, run, rounds=rounds, warmup=2, provider=provider,
-                mode=mode, batch=batch, dim=dim, pooling=pooling, fields=FIELDS)
+        measure(benchmark, run, rounds=rounds, warmup=2, op="embedding_bag", provider=provider, mode=mode,
+                dtype="float32", shape=dict(B=batch, M=FIELDS, D=dim, pooling=pooling))

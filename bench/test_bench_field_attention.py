@@ -10,22 +10,20 @@ Run: ``pytest bench/test_bench_field_attention.py --benchmark-only``.
 import pytest
 import torch
 
-from bench.common import DEVICE, forward_backward, measure, op_providers, require_gpu_for_kernels
+from bench.common import (BATCHES, DTYPES, FIELDS, forward_backward, forward_only, leaf, measure,
+                          op_providers, require_gpu_for_kernels)
 from fastint.ops.field_attention import field_attention
 from fastint.reference.field_attention import field_attention as reference
 
-BATCHES = [4096, 16384, 65536] if DEVICE == "cuda" else [256]
-FIELDS = [10, 23, 39]
-DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 DIM, HEADS, HEAD_DIM = 16, 2, 32
 WIDTH = HEADS * HEAD_DIM
 
 OPTIONS = {
-    "deepctr": dict(scale=1.0, residual="project", out_relu=True),
-    "tf": dict(qkv_relu=True, residual="project", res_relu=True, out_relu=True, layer_norm="after"),
+    "deepctr": dict(num_heads=HEADS, scale=1.0, residual="project", out_relu=True),
+    "tf": dict(num_heads=HEADS, qkv_relu=True, residual="project", res_relu=True, out_relu=True,
+               layer_norm="after"),
 }
 PRESENT = {"deepctr": ("w_res",), "tf": ("b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")}
-
 
 
 def deepctr_style(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, **_):
@@ -46,21 +44,19 @@ def deepctr_style(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_head
 PROVIDERS = {**op_providers(field_attention, reference), "deepctr_style": deepctr_style}
 
 
-def _inputs(batch: int, fields: int, variant: str, dtype: torch.dtype):
-    def leaf(*shape, scale):
-        return (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
-    tensors = {"b_qkv": leaf(3 * WIDTH, scale=0.1), "w_res": leaf(DIM, WIDTH, scale=DIM ** -0.5),
-               "b_res": leaf(WIDTH, scale=0.1), "ln_weight": leaf(WIDTH, scale=1.0),
-               "ln_bias": leaf(WIDTH, scale=0.1)}
-    return [leaf(batch, fields, DIM, scale=1.0), leaf(DIM, 3 * WIDTH, scale=DIM ** -0.5)] + [
-        tensors[n] if n in PRESENT[variant] else None
-        for n in ("b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")]
+def _inputs(batch: int, fields: int, variant: str, dtype: str):
+    optional = {"b_qkv": (3 * WIDTH,), "w_res": (DIM, WIDTH), "b_res": (WIDTH,), "ln_weight": (WIDTH,),
+                "ln_bias": (WIDTH,)}
+    scales = {"w_res": DIM ** -0.5, "ln_weight": 1.0}
+    return [leaf(batch, fields, DIM, dtype=dtype), leaf(DIM, 3 * WIDTH, scale=DIM ** -0.5, dtype=dtype)] + [
+        leaf(*shape, scale=scales.get(name, 0.1), dtype=dtype) if name in PRESENT[variant] else None
+        for name, shape in optional.items()]
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
 @pytest.mark.parametrize("provider", ["fastint", "eager", "compiled", "deepctr_style"])
 @pytest.mark.parametrize("variant", ["deepctr", "tf"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fields", FIELDS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_field_attention(benchmark, batch, fields, dtype, variant, provider, mode):
@@ -71,15 +67,9 @@ def test_field_attention(benchmark, batch, fields, dtype, variant, provider, mod
     fn, options = PROVIDERS[provider], OPTIONS[variant]
 
     def call():
-        return fn(*inputs, num_heads=HEADS, **options)
+        return fn(*inputs, **options)
 
-    if mode == "forward":
-        def step():
-            with torch.no_grad():
-                return call()
-    else:
-        step = forward_backward(call, *(t for t in inputs if t is not None))
-    benchmark.group = f"field_attention-{variant}-{mode}-B{batch}-M{fields}-{str(dtype).removeprefix('torch.')}"
-    measure(benchmark, step, rounds=20 if DEVICE == "cuda" else 3, warmup=3 if DEVICE == "cuda" else 1,
-            op="field_attention", provider=provider, variant=variant, mode=mode, batch=batch,
-            fields=fields, dim=DIM, heads=HEADS, head_dim=HEAD_DIM, dtype=str(dtype))
+    leaves = [t for t in inputs if t is not None]
+    step = forward_only(call) if mode == "forward" else forward_backward(call, *leaves)
+    measure(benchmark, step, op="field_attention", provider=provider, mode=mode, dtype=dtype,
+            shape=dict(variant=variant, B=batch, M=fields, d=DIM, H=HEADS, dh=HEAD_DIM))

@@ -26,12 +26,12 @@ def criteo_like_batch(n: int) -> Batch:
                  label=torch.randint(0, 2, (n,)).float()).to(DEVICE)
 
 
-@pytest.mark.parametrize("provider", ["fastint", "eager", "compile"])
+@pytest.mark.parametrize("provider", ["fastint", "eager", "compiled"])
 @pytest.mark.parametrize("name", sorted(HPARAMS))
 def test_train_step(benchmark, name, provider):
     require_gpu_for_kernels(provider)
     model = build_model(name, SCHEMA, **HPARAMS[name]).to(DEVICE)
-    forward = torch.compile(model) if provider == "compile" else model
+    forward = torch.compile(model) if provider == "compiled" else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = criteo_like_batch(BATCH)
     backend = "auto" if provider == "fastint" else "reference"
@@ -43,4 +43,5 @@ def test_train_step(benchmark, name, provider):
             loss.backward()
             opt.step()
 
-    measure(benchmark, step, rounds=10, model=name, provider=provider, batch=BATCH)
+    measure(benchmark, step, rounds=10, op=f"model:{name}", provider=provider, mode="train_step",
+            dtype="float32", shape=dict(B=BATCH, **HPARAMS[name]))

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fastint.kernels._common import interpreter_enabled
+
 BACKENDS = ("auto", "kernel", "reference")
 # A plain module global (not a ContextVar: dynamo cannot trace ContextVar.get, and guards on a
 # global, recompiling when use_backend changes it). ``use_backend`` is therefore process-wide.
@@ -46,23 +48,28 @@ def use_backend(name: str) -> Iterator[None]:
         _override = previous
 
 
-def triton_interpreting() -> bool:
-    """True when Triton kernels run on the CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+# the dtypes of the fused Triton kernels (float64 inputs run the reference: e.g. gradcheck)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def use_triton(t: torch.Tensor) -> bool:
     """Whether an op whose main input is ``t`` should run its Triton kernel.
 
-    Raises a clear error when ``kernel`` is forced on CPU tensors without the interpreter.
+    Raises a clear error when ``kernel`` is forced where the kernels cannot run: CPU tensors
+    without the Triton interpreter, or a dtype the kernels do not take (float64).
     """
     backend = current_backend()
     if backend == "reference":
         return False
+    if t.dtype not in KERNEL_DTYPES:
+        if backend == "kernel":
+            raise TypeError(f"FASTINT_BACKEND=kernel: the fused kernels take float32/float16/bfloat16, "
+                            f"got {str(t.dtype).removeprefix('torch.')} (use the reference backend)")
+        return False
     if t.is_cuda:
         return True
     if backend == "kernel":
-        if not triton_interpreting():
+        if not interpreter_enabled():
             raise RuntimeError(
                 "FASTINT_BACKEND=kernel on CPU tensors needs the Triton interpreter: set "
                 "TRITON_INTERPRET=1 before triton is imported (or move the tensors to CUDA)"

@@ -9,7 +9,7 @@ Per sample ``e [M, k]`` and pair list ``(i_q, j_q)``, ``q < P``:
     pooled = sum_q a_q p_q              [k]
 
 Layout: the grid (axis 0) has a capped number of programs; program ``pid`` owns the contiguous
-chunk of ``SAMPLES`` samples ``[pid * SAMPLES, (pid + 1) * SAMPLES)`` and, per sample, loops over
+chunk of ``samples_per_program`` consecutive samples and, per sample, loops over
 tiles of ``PAIR_BLOCK`` pairs. A tile gathers the two rows of every pair from ``e`` (the ``M x k``
 rows of one sample stay in L1/L2), forms ``p [PAIR_BLOCK, K_PAD]`` in registers and runs the
 attention MLP on tensor cores in chunks of ``T_BLOCK`` hidden units: ``tl.dot`` ``[PAIR_BLOCK,
@@ -41,62 +41,18 @@ write by that program only), summed afterwards by torch: deterministic, no atomi
 computes the MLP twice per tile (scores first, then the chunks' gradients)."""
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
+from collections.abc import Collection
 
 import torch
 import triton
 import triton.language as tl
 
-from fastint._backend import triton_interpreting
+from fastint.kernels._common import (LaunchConfig, Target, accumulate_slot, contiguous, dot_precision,
+                                     next_pow2, partial_slots, persistent_programs, reduce_partials,
+                                     split_dot, target_of)
 
-_INTERPRETER_PROGRAMS = 4  # the interpreter runs programs one after another: few, long ones
 _FORWARD_PROGRAMS_PER_SM = 16  # no partial buffers: enough programs in flight to hide latency
 _BACKWARD_PROGRAMS_PER_SM = 4  # each owns a [K_PAD, T_PAD] fp32 weight-gradient partial
-
-
-def _pow2(n: int, floor: int = 16) -> int:
-    return max(floor, triton.next_power_of_2(n))
-
-
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-class _Config(NamedTuple):
-    programs: int     # grid size (axis 0)
-    samples: int      # SAMPLES: consecutive samples per program
-    pair_block: int   # PAIR_BLOCK: pairs per tile
-    t_block: int      # T_BLOCK: hidden units per chunk of the attention MLP
-    num_warps: int
-
-
-def _launch_config(batch: int, pairs: int, k_pad: int, t_pad: int, e: torch.Tensor,
-                   backward: bool) -> _Config:
-    """On a GPU: 64 pairs per tile in the forward, 32 in the backward, halved for wide rows (k >= 128,
-    or k >= 64 in fp32, whose ieee dots run on FMA units and hold more registers); hidden chunks of
-    64 (32 for fp32 with k >= 128); a capped grid (each program loops over its ``SAMPLES`` samples).
-    Sized with ptxas for sm_90 (no spills at k = t = 16, shared memory within 228 KiB up to 256).
-    Under the interpreter: a handful of programs, one tile of up to 256 pairs, chunks of 16 (so
-    that tests with ``t >= 32`` exercise the chunk loop)."""
-    if triton_interpreting() or e.device.type != "cuda":
-        programs = min(batch, _INTERPRETER_PROGRAMS)
-        return _Config(programs, triton.cdiv(batch, programs), min(256, _pow2(pairs)), 16, 4)
-    fp32 = e.dtype == torch.float32
-    wide = k_pad >= 128 or (fp32 and k_pad >= 64)
-    block = (32 if backward else 64) // (2 if wide else 1)
-    t_block = min(t_pad, 32 if fp32 and k_pad >= 128 else 64)
-    per_sm = _BACKWARD_PROGRAMS_PER_SM if backward else _FORWARD_PROGRAMS_PER_SM
-    programs = min(batch, per_sm * _sm_count(e.device))
-    return _Config(programs, triton.cdiv(batch, programs), min(block, _pow2(pairs)), t_block,
-                   8 if k_pad >= 128 else 4)
 
 
 @triton.jit
@@ -117,20 +73,12 @@ def _pair_tile(e_row, i_ptr, j_ptr, start, P, k, offs_q, offs_k):
 def _hidden_chunk(p, w_ptr, b_ptr, k, t, t0, offs_k, offs_c, PRECISION: tl.constexpr):
     """Pre-activations ``H [PAIR_BLOCK, T_BLOCK]`` of columns ``t0 + offs_c``, with that chunk of
     ``W [K_PAD, T_BLOCK]`` (storage dtype; re-read per tile, an L2 hit) and the column mask.
-
-    With half-precision weights ``p`` (fp32) enters as ``hi + lo`` half parts: a rounded ``p``
-    flips ReLUs near zero and moves the scores enough for 1e-2 gradient errors; one more dot.
-    """
+    ``p`` (fp32) enters as ``hi + lo`` half parts with half-precision weights (``split_dot``)."""
     cols = t0 + offs_c
     mask_c = cols < t
     w = tl.load(w_ptr + offs_k[:, None] * t + cols[None, :],
                 mask=(offs_k[:, None] < k) & mask_c[None, :], other=0.0)
-    if w.dtype == tl.float32:
-        H = tl.dot(p, w, input_precision=PRECISION)
-    else:
-        hi = p.to(w.dtype)
-        H = tl.dot(hi, w)
-        H = tl.dot((p - hi.to(tl.float32)).to(w.dtype), w, H)
+    H = split_dot(p, w, PRECISION)
     H += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     return H, w, cols, mask_c
 
@@ -149,15 +97,19 @@ def _scores(p, w_ptr, b_ptr, h_ptr, k, t, valid, offs_k, offs_c, T_PAD: tl.const
 
 
 @triton.jit
-def _forward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, out_ptr, stats_ptr, s_ptr,
-                    B, M, k, t, P, SAMPLES,
-                    PAIR_BLOCK: tl.constexpr, K_PAD: tl.constexpr, T_PAD: tl.constexpr,
-                    T_BLOCK: tl.constexpr, RETURN_SCORES: tl.constexpr, PRECISION: tl.constexpr):
+def _afm_pooling_fwd_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, out_ptr, stats_ptr, s_ptr,
+                            B, M, k, t, P, samples_per_program,
+                            PAIR_BLOCK: tl.constexpr, K_PAD: tl.constexpr, T_PAD: tl.constexpr,
+                            T_BLOCK: tl.constexpr, RETURN_SCORES: tl.constexpr,
+                            PRECISION: tl.constexpr):
+    """One program: samples ``[pid*samples_per_program, ...)``, one after another. Per sample it
+    walks the pairs in tiles of ``PAIR_BLOCK`` with an online softmax and stores ``pooled [k]``,
+    the fp32 statistics ``[k + 1]`` and, with ``RETURN_SCORES``, the raw scores ``[P]``."""
     offs_q = tl.arange(0, PAIR_BLOCK)
     offs_k = tl.arange(0, K_PAD)
     offs_c = tl.arange(0, T_BLOCK)
-    first = tl.cast(tl.program_id(0), tl.int64) * SAMPLES
-    for n in range(first, tl.minimum(first + SAMPLES, B)):
+    first = tl.cast(tl.program_id(0), tl.int64) * samples_per_program
+    for n in range(first, tl.minimum(first + samples_per_program, B)):
         e_row = e_ptr + n * M * k
         m = tl.full([], float("-inf"), tl.float32)
         total = tl.zeros([], tl.float32)
@@ -181,11 +133,14 @@ def _forward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, out_ptr, stats_ptr
 
 
 @triton.jit
-def _backward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, stats_ptr, delta_ptr, g_ptr, ga_ptr,
-                     de_ptr, dw_ptr, db_ptr, dh_ptr, B, M, k, t, P, SAMPLES,
-                     PAIR_BLOCK: tl.constexpr, M_PAD: tl.constexpr, K_PAD: tl.constexpr,
-                     T_PAD: tl.constexpr, T_BLOCK: tl.constexpr, HAS_G: tl.constexpr,
-                     HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+def _afm_pooling_bwd_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, stats_ptr, delta_ptr, g_ptr,
+                            ga_ptr, de_ptr, dw_ptr, db_ptr, dh_ptr, B, M, k, t, P, samples_per_program,
+                            PAIR_BLOCK: tl.constexpr, M_PAD: tl.constexpr, K_PAD: tl.constexpr,
+                            T_PAD: tl.constexpr, T_BLOCK: tl.constexpr, HAS_G: tl.constexpr,
+                            HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+    """One program: samples ``[pid*samples_per_program, ...)``. Per sample and tile of pairs it
+    recomputes the scores, back-propagates into ``de`` (accumulated on chip, ``[M_PAD, K_PAD]``,
+    stored once per sample) and adds ``dW, db, dh`` into its own partial slots."""
     pid = tl.program_id(0)
     offs_q = tl.arange(0, PAIR_BLOCK)
     offs_m = tl.arange(0, M_PAD)
@@ -195,8 +150,8 @@ def _backward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, stats_ptr, delta_
     # this program's partial weight-gradient slots (padded layout, zero-initialised: no masks)
     dw_slot = dw_ptr + tl.cast(pid, tl.int64) * (K_PAD * T_PAD) + offs_k[:, None] * T_PAD
     dv_slot = tl.cast(pid, tl.int64) * T_PAD
-    first = tl.cast(pid, tl.int64) * SAMPLES
-    for n in range(first, tl.minimum(first + SAMPLES, B)):
+    first = tl.cast(pid, tl.int64) * samples_per_program
+    for n in range(first, tl.minimum(first + samples_per_program, B)):
         e_row = e_ptr + n * M * k
         lse = tl.load(stats_ptr + n * (k + 1) + k)
         delta = tl.load(delta_ptr + n)
@@ -223,10 +178,8 @@ def _backward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, stats_ptr, delta_
                 dw = tl.load(dw_slot + cols[None, :])
                 dw = tl.dot(tl.trans(p.to(w.dtype)), dH_low, dw, input_precision=PRECISION)
                 tl.store(dw_slot + cols[None, :], dw)
-                db = tl.load(db_ptr + dv_slot + cols) + tl.sum(dH, axis=0)
-                tl.store(db_ptr + dv_slot + cols, db)
-                dh = tl.load(dh_ptr + dv_slot + cols) + tl.sum(tl.maximum(H, 0.0) * ds[:, None], axis=0)
-                tl.store(dh_ptr + dv_slot + cols, dh)
+                accumulate_slot(db_ptr + dv_slot + cols, tl.sum(dH, axis=0))
+                accumulate_slot(dh_ptr + dv_slot + cols, tl.sum(tl.maximum(H, 0.0) * ds[:, None], axis=0))
                 dp = tl.dot(dH_low, tl.trans(w), dp, input_precision=PRECISION)
             hot_i = ((offs_m[:, None] == fi[None, :]) & valid[None, :]).to(tl.float32)
             hot_j = ((offs_m[:, None] == fj[None, :]) & valid[None, :]).to(tl.float32)
@@ -236,62 +189,98 @@ def _backward_kernel(e_ptr, w_ptr, b_ptr, h_ptr, i_ptr, j_ptr, stats_ptr, delta_
                  de.to(de_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & mask_k[None, :])
 
 
+# ----------------------------------------------------------------------------------------------
+# launch configuration (pure Python: inspectable and compilable without a GPU)
+# ----------------------------------------------------------------------------------------------
+
+def launch_config(batch: int, fields: int, dim: int, attention_dim: int, num_pairs: int,
+                  dtype: torch.dtype, target: Target, *, backward: bool = False,
+                  return_attention: bool = False, grads: Collection[str] = ("pooled",)) -> LaunchConfig:
+    """The launch of the forward (or ``backward``) kernel for ``e [batch, fields, dim]`` in
+    ``dtype``, ``W [dim, attention_dim]`` and ``num_pairs`` pairs; ``grads``: which upstream
+    gradients the backward gets (``"pooled"``, ``"attention"``).
+
+    The grid is capped (``persistent_programs``: 16 programs per SM forward, 4 backward); each
+    program loops over its ``samples_per_program`` samples (a runtime argument: the batch size
+    does not recompile). On a GPU: 64 pairs per tile forward, 32 backward, halved for wide rows
+    (k >= 128, or k >= 64 in fp32, whose ieee dots run on FMA units and hold more registers);
+    hidden chunks of 64 (32 for fp32 with k >= 128). Interpreter: one tile of up to 256 pairs,
+    chunks of 16 (so that tests with ``t >= 32`` exercise the chunk loop)."""
+    k_pad, t_pad = next_pow2(dim), next_pow2(attention_dim)
+    per_sm = _BACKWARD_PROGRAMS_PER_SM if backward else _FORWARD_PROGRAMS_PER_SM
+    programs = persistent_programs(batch, target, per_sm)
+    if target.interpreter:
+        pair_block, t_block, num_warps = min(256, next_pow2(num_pairs)), 16, 4
+    else:
+        fp32 = dtype == torch.float32
+        wide = k_pad >= 128 or (fp32 and k_pad >= 64)
+        pair_block = min((32 if backward else 64) // (2 if wide else 1), next_pow2(num_pairs))
+        t_block = min(t_pad, 32 if fp32 and k_pad >= 128 else 64)
+        num_warps = 8 if k_pad >= 128 else 4
+    meta = dict(PAIR_BLOCK=pair_block, K_PAD=k_pad, T_PAD=t_pad, T_BLOCK=t_block,
+                PRECISION=dot_precision(dtype))
+    if backward:
+        return LaunchConfig(_afm_pooling_bwd_kernel, (programs,),
+                            {**meta, "M_PAD": next_pow2(fields), "HAS_G": "pooled" in grads,
+                             "HAS_GA": "attention" in grads}, num_warps)
+    return LaunchConfig(_afm_pooling_fwd_kernel, (programs,), {**meta, "RETURN_SCORES": return_attention},
+                        num_warps)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
 def _pair_columns(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cols = pairs.to(torch.int32).T.contiguous()
     return cols[0], cols[1]
 
 
-def forward(e: torch.Tensor, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, pairs: torch.Tensor,
-            return_attention: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``e [B, M, k]``, ``w [k, t]``, ``b, h [t]``, ``pairs [P, 2]`` (valid, ``P >= 1``) ->
-    ``pooled [B, k]``, ``a [B, P]`` (``[B, 0]`` unless ``return_attention``), ``stats [B, k + 1]``
-    fp32 (unrounded pooled, log-sum-exp of the scores)."""
-    e, w, b, h = (x.contiguous() for x in (e, w, b, h))
-    (B, M, k), t, P = e.shape, w.shape[1], pairs.shape[0]
+def forward(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, projection: torch.Tensor,
+            pairs: torch.Tensor, return_attention: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``e [B, M, k]``, ``weight [k, t]``, ``bias, projection [t]``, ``pairs [P, 2]`` (valid,
+    ``P >= 1``) -> ``pooled [B, k]``, ``a [B, P]`` (absent, ``[0]``, unless ``return_attention``)
+    and ``stats [B, k + 1]`` fp32 (unrounded pooled, log-sum-exp of the scores)."""
+    e, weight, bias, projection = contiguous(e, weight, bias, projection)
+    (B, M, k), t, P = e.shape, weight.shape[1], pairs.shape[0]
     pooled = torch.empty(B, k, dtype=e.dtype, device=e.device)
     stats = torch.empty(B, k + 1, dtype=torch.float32, device=e.device)
     scores = torch.empty(B, P if return_attention else 0, dtype=torch.float32, device=e.device)
     if B > 0:
-        fi, fj = _pair_columns(pairs)
-        k_pad, t_pad = _pow2(k), _pow2(t)
-        cfg = _launch_config(B, P, k_pad, t_pad, e, backward=False)
-        _forward_kernel[(cfg.programs,)](
-            e, w, b, h, fi, fj, pooled, stats, scores, B, M, k, t, P, cfg.samples,
-            PAIR_BLOCK=cfg.pair_block, K_PAD=k_pad, T_PAD=t_pad, T_BLOCK=cfg.t_block,
-            RETURN_SCORES=return_attention, PRECISION=_precision(e.dtype), num_warps=cfg.num_warps)
-    a = (scores - stats[:, k:]).exp_().to(e.dtype)
+        cfg = launch_config(B, M, k, t, P, e.dtype, target_of(e.device), return_attention=return_attention)
+        cfg.launch(e, weight, bias, projection, *_pair_columns(pairs), pooled, stats, scores,
+                   B, M, k, t, P, triton.cdiv(B, cfg.grid[0]))
+    a = (scores - stats[:, k:]).exp_().to(e.dtype) if return_attention else e.new_empty(0)
     return pooled, a, stats
 
 
 def backward(grad_pooled: torch.Tensor | None, grad_a: torch.Tensor | None, e: torch.Tensor,
-             w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, pairs: torch.Tensor,
+             weight: torch.Tensor, bias: torch.Tensor, projection: torch.Tensor, pairs: torch.Tensor,
              a: torch.Tensor, stats: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``(de, dw, db, dh)`` given ``grad_pooled [B, k]`` and ``grad_a [B, P]`` (either
-    may be ``None`` = zero; ``a`` is the forward's attention output, needed only with grad_a)."""
-    e, w, b, h = (x.contiguous() for x in (e, w, b, h))
-    (B, M, k), t, P = e.shape, w.shape[1], pairs.shape[0]
+    """Gradients ``(de, dweight, dbias, dprojection)`` given ``grad_pooled [B, k]`` and
+    ``grad_a [B, P]`` (either may be ``None`` = zero; ``a`` is the forward's attention output,
+    needed only with ``grad_a``)."""
+    e, weight, bias, projection, grad_pooled, grad_a = contiguous(e, weight, bias, projection,
+                                                                  grad_pooled, grad_a)
+    (B, M, k), t, P = e.shape, weight.shape[1], pairs.shape[0]
     if B == 0 or (grad_pooled is None and grad_a is None):
-        return torch.zeros_like(e), torch.zeros_like(w), torch.zeros_like(b), torch.zeros_like(h)
+        return tuple(torch.zeros_like(x) for x in (e, weight, bias, projection))
     delta = torch.zeros(B, dtype=torch.float32, device=e.device)
     if grad_pooled is not None:
-        grad_pooled = grad_pooled.contiguous()
         delta += (stats[:, :k] * grad_pooled.float()).sum(1)
     if grad_a is not None:
-        grad_a = grad_a.contiguous()
         delta += (a.float() * grad_a.float()).sum(1)
-    fi, fj = _pair_columns(pairs)
-    m_pad, k_pad, t_pad = _pow2(M), _pow2(k), _pow2(t)
-    cfg = _launch_config(B, P, k_pad, t_pad, e, backward=True)
+    grads = [name for name, g in (("pooled", grad_pooled), ("attention", grad_a)) if g is not None]
+    cfg = launch_config(B, M, k, t, P, e.dtype, target_of(e.device), backward=True, grads=grads)
+    programs, k_pad, t_pad = cfg.grid[0], cfg.meta["K_PAD"], cfg.meta["T_PAD"]
     de = torch.empty_like(e)
-    dw = torch.zeros(cfg.programs, k_pad, t_pad, dtype=torch.float32, device=e.device)
-    db = torch.zeros(cfg.programs, t_pad, dtype=torch.float32, device=e.device)
-    dh = torch.zeros(cfg.programs, t_pad, dtype=torch.float32, device=e.device)
-    _backward_kernel[(cfg.programs,)](
-        e, w, b, h, fi, fj, stats, delta, grad_pooled if grad_pooled is not None else e,
-        grad_a if grad_a is not None else e, de, dw, db, dh, B, M, k, t, P, cfg.samples,
-        PAIR_BLOCK=cfg.pair_block, M_PAD=m_pad, K_PAD=k_pad, T_PAD=t_pad, T_BLOCK=cfg.t_block,
-        HAS_G=grad_pooled is not None, HAS_GA=grad_a is not None, PRECISION=_precision(e.dtype),
-        num_warps=cfg.num_warps)
-    return (de, dw.sum(0)[:k, :t].to(w.dtype).contiguous(), db.sum(0)[:t].to(b.dtype),
-            dh.sum(0)[:t].to(h.dtype))
+    dw = partial_slots(programs, k_pad, t_pad, device=e.device)
+    db = partial_slots(programs, t_pad, device=e.device)
+    dh = partial_slots(programs, t_pad, device=e.device)
+    cfg.launch(e, weight, bias, projection, *_pair_columns(pairs), stats, delta,
+               e if grad_pooled is None else grad_pooled, e if grad_a is None else grad_a,
+               de, dw, db, dh, B, M, k, t, P, triton.cdiv(B, programs))
+    return (de, reduce_partials(dw)[:k, :t].to(weight.dtype).contiguous(),
+            reduce_partials(db)[:t].to(bias.dtype), reduce_partials(dh)[:t].to(projection.dtype))

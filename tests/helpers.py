@@ -1,6 +1,9 @@
 """Shared helpers for kernel-vs-reference tests (DESIGN.md §5)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,6 +21,10 @@ def tolerance(dtype: torch.dtype) -> float:
     return _TOLERANCE[dtype]
 
 
+# an element may be off by ELEMENT_FACTOR x the norm-wise bound, relative to |ref_i| + rms(ref)
+ELEMENT_FACTOR = 10.0
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (ref must not be all zero)."""
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
@@ -28,10 +35,80 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out64 - ref64).norm() / denom)
 
 
+def worst_element(out: torch.Tensor, ref: torch.Tensor, bound: float) -> tuple[float, str]:
+    """The largest ``|out_i - ref_i| / (bound * (|ref_i| + rms(ref)))`` and a description of that
+    element (index, both values); NaN/inf elements count as infinitely wrong."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    rms = ref64.norm() / max(1, ref64.numel()) ** 0.5
+    ratio = (out64 - ref64).abs() / (bound * (ref64.abs() + rms))
+    ratio = torch.where(torch.isfinite(out64), ratio, torch.inf)
+    flat = int(ratio.reshape(-1).argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape))
+    worst = float(ratio.reshape(-1)[flat])
+    return worst, f"element {list(index)}: {float(out64[index]):.6g} vs reference {float(ref64[index]):.6g}"
+
+
 def assert_rel_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
-    err = rel_err(out, ref)
+    """Norm-wise ``rel_err < tolerance(dtype)`` and every element within ``ELEMENT_FACTOR *
+    tolerance(dtype) * (|ref_i| + rms(ref))``: one wrong element of a large tensor fails too."""
     tol = tolerance(dtype)
-    assert err < tol, f"{what}: relative error {err:.3e} >= {tol:.1e} ({dtype})"
+    ratio, where = worst_element(out, ref, ELEMENT_FACTOR * tol)
+    assert ratio <= 1.0, f"{what}: {where} ({ratio:.2g}x the elementwise bound, {dtype})"
+    err = rel_err(out, ref)
+    assert err < tol, f"{what}: relative error {err:.3e} >= {tol:.1e} ({dtype}); worst {where}"
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    """Within the block ``torch.empty``/``empty_like`` fill floats with NaN (integers with their
+    maximum), PyTorch's ``fill_uninitialized_memory``: an output element a kernel fails to write
+    stays NaN and fails the comparison. (Deterministic mode warns, not raises, on other ops.)"""
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+
+
+def outputs_and_grads(fn, inputs, upstream):
+    """``fn(*inputs)`` as a tuple of outputs, and the gradients of ``sum_i <out_i, upstream_i>``
+    (``None`` upstream entries are left out) w.r.t. every input that is not ``None``."""
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum((o.double() * g.to(o.device, torch.float64)).sum() for o, g in zip(outs, upstream)
+               if g is not None)
+    leaves = [t for t in inputs if t is not None]
+    return outs, torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+
+
+def check_kernel_against_reference(fn, reference, inputs, upstream, dtype, output_names, grad_names,
+                                   zero_grads=()):
+    """The kernel path of ``fn`` (outputs NaN-poisoned) vs ``reference`` on float64 CPU copies of
+    ``inputs``: every output and every gradient of ``sum <out, upstream>`` is compared
+    (``assert_rel_close``). Gradients named in ``zero_grads`` are mathematically zero (e.g. the
+    attention weights' when the softmax has one entry): they must be below the tolerance, and so
+    must any gradient whose reference is exactly zero. Returns the kernel path's outputs."""
+    from fastint import use_backend
+
+    with use_backend("kernel"), poisoned_outputs():
+        outs, grads = outputs_and_grads(fn, inputs, upstream)
+    ref_outs, ref_grads = outputs_and_grads(reference, [as_reference(t) for t in inputs], upstream)
+    assert len(outs) == len(output_names) and len(grads) == len(grad_names)
+    for name, out, ref in zip(output_names, outs, ref_outs):
+        assert out.dtype == dtype and out.shape == ref.shape, name
+        assert_rel_close(out, ref, dtype, name)
+    for name, g, ref in zip(grad_names, grads, ref_grads):
+        assert g.dtype == dtype and g.shape == ref.shape, f"d{name}"
+        if name in zero_grads or float(ref.norm()) == 0.0:
+            assert torch.isfinite(g).all() and float(g.abs().max()) < tolerance(dtype), f"d{name}"
+        else:
+            assert_rel_close(g, ref, dtype, f"d{name}")
+    return outs
 
 
 def randn(*shape: int, dtype=torch.float32, device="cpu", scale: float = 1.0, requires_grad=False):

@@ -44,6 +44,8 @@ class TransformerBlock(nn.Module):
 
 
 class InterHAt(CTRModel):
+    name = "interhat"
+
     def __init__(self, schema: Schema, *, embed_dim: int = 16, attention_dim: int = 16,
                  num_heads: int = 1, num_orders: int = 3, dropout: float = 0.0,
                  l2_aggregation: float = 0.0, task: str = "binary", sparse: bool = False):
@@ -58,7 +60,7 @@ class InterHAt(CTRModel):
 
     def _aggregate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Combined vector ``[B, d]``, field attention ``[B, K, M]``, order attention ``[B, K]``."""
-        u, alpha = self.aggregation(self.encoder(self.embedding(batch)))
+        u, alpha = self.aggregation(self.encoder(self.embedding(batch)), return_attention=True)
         beta = torch.softmax(self.order_score(torch.relu(self.order_hidden(u))).squeeze(-1), dim=1)
         return torch.einsum("bk,bkd->bd", beta, u), alpha, beta
 

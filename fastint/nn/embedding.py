@@ -84,7 +84,7 @@ class FieldEmbedding(nn.Module):
                               device=values.device)
             weights = torch.cat([ones, values.to(self.weight.dtype)], dim=1)
         ids = torch.cat(cols, dim=1) + self.single_offset
-        return embedding_bag(self.weight, ids, per_sample_weights=weights, mode="sum", sparse=self.sparse)
+        return embedding_bag(ids, self.weight, per_sample_weights=weights, mode="sum", sparse=self.sparse)
 
     def _embed_multi(self, multi: torch.Tensor, pooling: str, fields: list[int]) -> torch.Tensor:
         """Multi-valued fields ``[B, F, L]`` (padding -1) pooled in one CSR call: ``[B, F, d]``."""
@@ -94,7 +94,7 @@ class FieldEmbedding(nn.Module):
         packed = torch.where(ids < 0, -1, packed)
         batch, num, length = ids.shape
         offsets = torch.arange(0, batch * num * length + 1, length, device=ids.device)
-        return embedding_bag(self.weight, packed.reshape(-1), offsets, mode=pooling,
+        return embedding_bag(packed.reshape(-1), self.weight, offsets, mode=pooling,
                              sparse=self.sparse, num_fields=num)
 
     def _check(self, batch: Batch) -> None:

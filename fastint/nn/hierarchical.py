@@ -8,7 +8,7 @@ from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 
 
 class HierarchicalAttention(nn.Module):
-    """``X1 [B, M, d] -> (U [B, K, d], alpha [B, K, M])``, see ``fastint.ops.hierarchical_aggregation``.
+    """``X1 [B, M, d] -> U [B, K, d]`` (and ``alpha [B, K, M]``), see ``fastint.ops.hierarchical_aggregation``.
 
     Parameters per order ``i``: ``weight[i]`` ``[d, a]`` (``W_i``, Xavier-uniform), ``bias[i]``
     ``[a]`` (``b_i``, zeros) and ``context[i]`` ``[a]`` (``c_i``, normal with std 0.01).
@@ -34,8 +34,11 @@ class HierarchicalAttention(nn.Module):
         nn.init.zeros_(self.bias)
         nn.init.normal_(self.context, std=0.01)
 
-    def forward(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return hierarchical_aggregation(x1, self.weight, self.bias, self.context)
+    def forward(self, x1: torch.Tensor, return_attention: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x1 [B, M, d]`` -> ``U [B, K, d]``, or ``(U, alpha [B, K, M])`` with ``return_attention``."""
+        return hierarchical_aggregation(x1, self.weight, self.bias, self.context,
+                                        return_attention=return_attention)
 
     def l2_penalty(self) -> torch.Tensor:
         """Sum of squared attention projections ``sum_i ||W_i||^2`` (the authors' L2 term)."""

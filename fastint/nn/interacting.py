@@ -8,22 +8,26 @@ variant    qkv_bias qkv_relu scale      residual   res_bias res_relu layer_norm 
 tf         yes      yes      1/sqrt(dh) project    yes      yes      after      xavier
 paper      no       no       1          project    no       no       none       xavier
 deepctr    no       no       1          project    no       no       none       normal
-fuxictr    no       no       1          auto       no       no       before     xavier
+fuxictr    no       no       1          auto       no       no       none       xavier
 ========== ======== ======== ========== ========== ======== ======== ========== ========
 
 All four apply ReLU to the output (``out_relu``). ``tf`` is the authors' TensorFlow code (dense
 layers with bias and ReLU for Q/K/V and the residual, scaled scores, LayerNorm after the ReLU);
 ``paper`` the CIKM'19 equations; ``deepctr`` DeepCTR-Torch (``head_dim = in_dim / num_heads``,
-weights ~ N(0, 0.05^2)); ``fuxictr`` FuxiCTR (identity residual when ``in_dim == H*dh``, else a
-projection (``residual="auto"``); LayerNorm before the ReLU; its optional scaling is
-``scale=None``).
+weights ~ N(0, 0.05^2)); ``fuxictr`` FuxiCTR's ``MultiHeadSelfAttention`` as it ships (identity residual when
+``in_dim == H*dh``, else a projection: ``residual="auto"``; no LayerNorm, its default
+``layer_norm=False``: pass ``layer_norm="before"`` for its ``layer_norm=True``, LayerNorm then
+ReLU; its ``use_scale=True`` is ``scale=None``).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
 
-from fastint.ops.field_attention import LAYER_NORMS, RESIDUALS, field_attention
+from fastint.ops.field_attention import field_attention
+from fastint.options import LAYER_NORMS, RESIDUALS, FieldAttentionOptions
 
 VARIANTS: dict[str, dict] = {
     "tf": dict(qkv_bias=True, qkv_relu=True, scale=None, residual="project", res_bias=True,
@@ -33,7 +37,7 @@ VARIANTS: dict[str, dict] = {
     "deepctr": dict(qkv_bias=False, qkv_relu=False, scale=1.0, residual="project", res_bias=False,
                     res_relu=False, out_relu=True, layer_norm="none", init="normal"),
     "fuxictr": dict(qkv_bias=False, qkv_relu=False, scale=1.0, residual="auto", res_bias=False,
-                    res_relu=False, out_relu=True, layer_norm="before", init="xavier"),
+                    res_relu=False, out_relu=True, layer_norm="none", init="xavier"),
 }
 _OPTIONS = set(VARIANTS["tf"]) | {"ln_affine", "ln_eps"}
 
@@ -71,6 +75,11 @@ class InteractingLayer(nn.Module):
             raise ValueError(f'init must be "xavier" or "normal", got {cfg["init"]!r}')
         self.in_dim, self.head_dim, self.num_heads, self.variant = in_dim, head_dim, num_heads, variant
         self.config = cfg
+        self.options = FieldAttentionOptions(
+            num_heads, scale=cfg["scale"], qkv_relu=cfg["qkv_relu"], residual=cfg["residual"],
+            res_relu=cfg["res_relu"], out_relu=cfg["out_relu"], layer_norm=cfg["layer_norm"],
+            ln_eps=cfg["ln_eps"])
+        self._op_options = dataclasses.asdict(self.options)   # the op's keyword arguments
         project = cfg["residual"] == "project"
         norm = cfg["layer_norm"] != "none" and cfg["ln_affine"]
 
@@ -107,12 +116,8 @@ class InteractingLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """``x [B, M, in_dim]`` -> ``Y [B, M, H*dh]``, or ``(Y, A [B, H, M, M])``."""
-        cfg = self.config
-        return field_attention(
-            x, self.w_qkv, self.b_qkv, self.w_res, self.b_res, self.ln_weight, self.ln_bias,
-            num_heads=self.num_heads, scale=cfg["scale"], qkv_relu=cfg["qkv_relu"],
-            residual=cfg["residual"], res_relu=cfg["res_relu"], out_relu=cfg["out_relu"],
-            layer_norm=cfg["layer_norm"], ln_eps=cfg["ln_eps"], return_attention=return_attention)
+        return field_attention(x, self.w_qkv, self.b_qkv, self.w_res, self.b_res, self.ln_weight,
+                               self.ln_bias, return_attention=return_attention, **self._op_options)
 
     def extra_repr(self) -> str:
         cfg = self.config

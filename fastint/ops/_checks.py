@@ -5,7 +5,8 @@ from collections.abc import Sequence
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the interaction ops accept float64 too: it runs the reference (e.g. for gradcheck)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -29,6 +30,12 @@ def check_tensor(
         if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
+
+
+def check_float_tensor(name: str, t: torch.Tensor, *, ndim: int | None = None,
+                       shape: Sequence[int | None] | None = None) -> None:
+    """``check_tensor`` for a floating input of an interaction op (``FLOAT_DTYPES``)."""
+    check_tensor(name, t, ndim=ndim, dtypes=FLOAT_DTYPES, shape=shape)
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:

@@ -5,68 +5,65 @@ import torch
 from torch import Tensor
 
 from fastint._backend import use_triton
-from fastint.kernels.afm_pooling import backward as _kernel_backward
-from fastint.kernels.afm_pooling import forward as _kernel_forward
-from fastint.ops._checks import (FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_same_dtype,
+from fastint.kernels import afm_pooling as kernels
+from fastint.ops._checks import (INDEX_DTYPES, check_float_tensor, check_same_device, check_same_dtype,
                                  check_tensor)
+from fastint.ops._custom import absent, none_if_absent
 from fastint.reference.afm_pooling import afm_pooling as _reference
 from fastint.reference.afm_pooling import all_pairs
 
 
 @torch.library.custom_op("fastint::afm_pooling_forward", mutates_args=())
-def _forward(e: Tensor, w: Tensor, b: Tensor, h: Tensor, pairs: Tensor,
+def _forward(e: Tensor, weight: Tensor, bias: Tensor, projection: Tensor, pairs: Tensor,
              return_attention: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernel_forward(e, w, b, h, pairs, return_attention)
+    """``(pooled, a, stats)``; ``a`` is absent (``[0]``) unless ``return_attention``."""
+    return kernels.forward(e, weight, bias, projection, pairs, return_attention)
 
 
 @_forward.register_fake
-def _(e, w, b, h, pairs, return_attention):
+def _(e, weight, bias, projection, pairs, return_attention):
     batch, _, dim = e.shape
-    num_pairs = pairs.shape[0] if return_attention else 0
-    return (e.new_empty(batch, dim), e.new_empty(batch, num_pairs),
-            e.new_empty(batch, dim + 1, dtype=torch.float32))
+    attention = e.new_empty(batch, pairs.shape[0]) if return_attention else absent(e)
+    return e.new_empty(batch, dim), attention, e.new_empty(batch, dim + 1, dtype=torch.float32)
 
 
 @torch.library.custom_op("fastint::afm_pooling_backward", mutates_args=())
-def _backward(grad_pooled: Tensor | None, grad_a: Tensor | None, e: Tensor, w: Tensor, b: Tensor,
-              h: Tensor, pairs: Tensor, a: Tensor, stats: Tensor
+def _backward(grad_pooled: Tensor | None, grad_a: Tensor | None, e: Tensor, weight: Tensor,
+              bias: Tensor, projection: Tensor, pairs: Tensor, a: Tensor, stats: Tensor
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernel_backward(grad_pooled, grad_a, e, w, b, h, pairs, a, stats)
+    return kernels.backward(grad_pooled, grad_a, e, weight, bias, projection, pairs, a, stats)
 
 
 @_backward.register_fake
-def _(grad_pooled, grad_a, e, w, b, h, pairs, a, stats):
-    return tuple(x.new_empty(x.shape) for x in (e, w, b, h))  # contiguous, like the kernel's
+def _(grad_pooled, grad_a, e, weight, bias, projection, pairs, a, stats):
+    return tuple(torch.empty_like(t) for t in (e, weight, bias, projection))
 
 
 def _setup_context(ctx, inputs, output):
-    e, w, b, h, pairs, _ = inputs
+    e, weight, bias, projection, pairs, _ = inputs
     _, a, stats = output
     # O(B M k + B (k + 1)) plus weights and pairs: a [B, P] is an output (saved, not copied;
-    # [B, 0] when not requested); the [B, P, k] pair products are recomputed in the backward.
-    ctx.save_for_backward(e, w, b, h, pairs, a, stats)
+    # absent when not requested); the [B, P, k] pair products are recomputed in the backward.
+    ctx.save_for_backward(e, weight, bias, projection, pairs, a, stats)
     ctx.set_materialize_grads(False)
 
 
 def _autograd_backward(ctx, grad_pooled, grad_a, _grad_stats):
-    if grad_a is not None and grad_a.shape[1] == 0:
-        grad_a = None
-    grads = _backward(grad_pooled, grad_a, *ctx.saved_tensors)
-    return (*grads, None, None)
+    return (*_backward(grad_pooled, none_if_absent(grad_a), *ctx.saved_tensors), None, None)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _check(e: Tensor, w: Tensor, b: Tensor, h: Tensor, pairs: Tensor | None) -> None:
-    check_tensor("e", e, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("w", w, ndim=2, dtypes=FLOAT_DTYPES)
-    dim, att = w.shape
+def _check(e: Tensor, weight: Tensor, bias: Tensor, projection: Tensor, pairs: Tensor | None) -> None:
+    check_float_tensor("e", e, ndim=3)
+    check_float_tensor("weight", weight, ndim=2)
+    dim, att = weight.shape
     check_tensor("e", e, shape=(None, None, dim))
-    check_tensor("b", b, dtypes=FLOAT_DTYPES, shape=(att,))
-    check_tensor("h", h, dtypes=FLOAT_DTYPES, shape=(att,))
-    check_same_device(e=e, w=w, b=b, h=h, pairs=pairs)
-    check_same_dtype(e=e, w=w, b=b, h=h)
+    check_float_tensor("bias", bias, shape=(att,))
+    check_float_tensor("projection", projection, shape=(att,))
+    check_same_device(e=e, weight=weight, bias=bias, projection=projection, pairs=pairs)
+    check_same_dtype(e=e, weight=weight, bias=bias, projection=projection)
     fields = e.shape[1]
     if pairs is None:
         if fields < 2:
@@ -85,13 +82,14 @@ def _check(e: Tensor, w: Tensor, b: Tensor, h: Tensor, pairs: Tensor | None) -> 
         raise ValueError("pairs must join two different fields, got a pair (i, i)")
 
 
-def afm_pooling(e: Tensor, w: Tensor, b: Tensor, h: Tensor, pairs: Tensor | None = None, *,
-                return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def afm_pooling(e: Tensor, weight: Tensor, bias: Tensor, projection: Tensor, pairs: Tensor | None = None,
+                *, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """AFM's attention-based pooling of pairwise interactions (Xiao et al., IJCAI 2017).
 
     Args:
         e: ``[B, M, k]`` field embeddings (already scaled by the feature values).
-        w: ``[k, t]`` attention projection ``W``; ``b``: ``[t]`` bias; ``h``: ``[t]`` projection.
+        weight: ``[k, t]`` attention projection ``W``; ``bias``: ``[t]`` ``b``; ``projection``:
+            ``[t]`` the attention's output vector ``h``.
         pairs: ``None`` = all pairs ``i < j`` in row-major order (``(0,1), (0,2), ..., (1,2),
             ...``; ``P = M (M - 1) / 2``), or an int32/int64 ``[P, 2]`` list of field pairs
             (any order, ``i != j``, indices in ``0..M-1``).
@@ -101,14 +99,15 @@ def afm_pooling(e: Tensor, w: Tensor, b: Tensor, h: Tensor, pairs: Tensor | None
     ``a = softmax over pairs(s)`` per sample; ``pooled = sum_q a_q p_q``.
 
     Returns:
-        ``pooled [B, k]``, or ``(pooled, a [B, P])``; in ``e``'s dtype, differentiable in ``e, w,
-        b, h``. The kernel path saves only ``e``, the weights and, for the
-        backward, ``[B, k + 1]`` fp32 statistics (the pair products are recomputed on chip).
+        ``pooled [B, k]``, or ``(pooled, a [B, P])`` with ``return_attention``; in ``e``'s
+        dtype, differentiable in ``e, weight, bias, projection``. The kernel path saves only
+        ``e``, the weights and ``[B, k + 1]`` fp32 statistics (the pair products are recomputed
+        on chip). The fused kernels take fp32/fp16/bf16; float64 runs the reference.
     """
-    _check(e, w, b, h, pairs)
+    _check(e, weight, bias, projection, pairs)
     if use_triton(e):
         if pairs is None:
             pairs = all_pairs(e.shape[1], e.device)
-        pooled, a, _ = _forward(e, w, b, h, pairs, return_attention)
+        pooled, a, _ = _forward(e, weight, bias, projection, pairs, return_attention)
         return (pooled, a) if return_attention else pooled
-    return _reference(e, w, b, h, pairs, return_attention=return_attention)
+    return _reference(e, weight, bias, projection, pairs, return_attention=return_attention)

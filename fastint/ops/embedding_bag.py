@@ -72,7 +72,7 @@ def _data_checks_enabled(t: Tensor) -> bool:
     return os.environ.get("FASTINT_CHECK_INPUTS", "1") != "0"
 
 
-def _check(weight, indices, offsets, per_sample_weights, mode, num_fields) -> int:
+def _check(indices, weight, offsets, per_sample_weights, mode, num_fields) -> int:
     """Validate the arguments; returns the number of fields ``M``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
@@ -96,11 +96,12 @@ def _check(weight, indices, offsets, per_sample_weights, mode, num_fields) -> in
     return fields
 
 
-def _check_values(weight, indices, offsets) -> None:
+def _check_values(indices, weight, offsets) -> None:
     if offsets is not None:
         first, last = int(offsets[0]), int(offsets[-1])
         if first != 0 or last != indices.shape[0]:
-            raise ValueError(f"offsets must start at 0 and end at nnz={indices.shape[0]}, got {first} .. {last}")
+            raise ValueError(f"offsets must start at 0 and end at nnz={indices.shape[0]}, "
+                             f"got {first} .. {last}")
         if bool((offsets.diff() < 0).any()):
             raise ValueError("offsets must be non-decreasing")
     if indices.numel() and int(indices.max()) >= weight.shape[0]:
@@ -108,18 +109,19 @@ def _check_values(weight, indices, offsets) -> None:
                          f"table of {weight.shape[0]} rows")
 
 
-def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor | None = None,
+def embedding_bag(indices: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   per_sample_weights: Tensor | None = None, mode: str = "sum", sparse: bool = False,
                   num_fields: int | None = None) -> Tensor:
     """Pooled rows of one packed table ``weight [N, D]`` for ``B`` samples x ``M`` fields: ``[B, M, D]``.
+    Ids first, as ``torch.nn.functional.embedding_bag`` and FBGEMM take them.
 
     ``out[b, m] = reduce_{e in bag(b, m), id_e >= 0} w_e * weight[id_e]``; ``reduce`` is ``sum``, or
     ``mean`` = sum / sum(w) (sum / count of present ids without weights; 0 for an empty bag).
 
     Args:
-        weight: ``[N, D]`` fp32/fp16/bf16 (fp64 too) table shared by all fields (disjoint id ranges).
         indices: dense ``[B, M]`` (one id per sample and field) or CSR ``[nnz]``, int32/int64;
             a negative id is missing. An id >= N raises IndexError.
+        weight: ``[N, D]`` fp32/fp16/bf16 (fp64 too) table shared by all fields (disjoint id ranges).
         offsets: CSR only, ``[B*M+1]`` non-decreasing bag starts in sample-major order
             (bag ``b*M+m``), ``offsets[0] = 0``, ``offsets[-1] = nnz``.
         per_sample_weights: like ``indices``, ``weight``'s dtype (e.g. numeric feature values).
@@ -130,12 +132,12 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor | None = None
     and ``per_sample_weights``. Accumulates in fp32; returns ``weight``'s dtype. On CUDA the id and
     offset checks cost a host sync; ``FASTINT_CHECK_INPUTS=0`` turns them off there.
     """
-    fields = _check(weight, indices, offsets, per_sample_weights, mode, num_fields)
+    fields = _check(indices, weight, offsets, per_sample_weights, mode, num_fields)
     backend = current_backend()
     if (indices.is_cuda or backend == "reference") and _data_checks_enabled(indices):
-        _check_values(weight, indices, offsets)  # the C++ CPU kernel checks ids and offsets itself
+        _check_values(indices, weight, offsets)  # the C++ CPU kernel checks ids and offsets itself
     if backend == "reference":
-        return _reference(weight, indices, offsets, per_sample_weights, mode, sparse, fields)
+        return _reference(indices, weight, offsets, per_sample_weights, mode, sparse, fields)
     if offsets is None:
         flat = indices.reshape(-1)
         offsets = torch.arange(flat.shape[0] + 1, device=indices.device)

@@ -14,11 +14,11 @@ def all_pairs(fields: int, device: torch.device | str | None = None) -> torch.Te
     return torch.triu_indices(fields, fields, 1, device=device).T
 
 
-def afm_pooling(e: torch.Tensor, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
+def afm_pooling(e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, projection: torch.Tensor,
                 pairs: torch.Tensor | None = None, *, return_attention: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``e [B, M, k]``, ``w [k, t]``, ``b, h [t]``, ``pairs [P, 2]`` (None: all ``i < j``) ->
-    ``pooled [B, k]`` (and ``a [B, P]``).
+    """``e [B, M, k]``, ``weight [k, t]``, ``bias, projection [t]``, ``pairs [P, 2]`` (None: all
+    ``i < j``) -> ``pooled [B, k]``, or ``(pooled, a [B, P])`` with ``return_attention``.
 
     ``p_ij = e_i * e_j``, ``s_ij = h . relu(W^T p_ij + b)``, ``a = softmax over pairs(s)``,
     ``pooled = sum_ij a_ij p_ij``.
@@ -27,7 +27,7 @@ def afm_pooling(e: torch.Tensor, w: torch.Tensor, b: torch.Tensor, h: torch.Tens
         pairs = all_pairs(e.shape[1], e.device)
     pairs = pairs.to(device=e.device, dtype=torch.long)
     p = e.index_select(1, pairs[:, 0]) * e.index_select(1, pairs[:, 1])   # [B, P, k]
-    scores = torch.relu(p @ w + b) @ h                                     # [B, P]
+    scores = torch.relu(p @ weight + bias) @ projection                    # [B, P]
     a = torch.softmax(scores, dim=1)
     pooled = (a.unsqueeze(1) @ p).squeeze(1)
     return (pooled, a) if return_attention else pooled

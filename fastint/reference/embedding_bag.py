@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 
-def embedding_bag(weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor | None = None,
+def embedding_bag(indices: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None = None,
                   per_sample_weights: torch.Tensor | None = None, mode: str = "sum",
                   sparse: bool = False, num_fields: int | None = None) -> torch.Tensor:
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32

@@ -1,4 +1,6 @@
 """InteractingLayer: the variant presets build the documented structure; kernel path == reference."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,10 +23,9 @@ def present(layer):
      dict(scale=1.0, qkv_relu=False, residual="project", res_relu=False, out_relu=True, layer_norm="none")),
     ("deepctr", 16, {"w_qkv", "w_res"},
      dict(scale=1.0, qkv_relu=False, residual="project", res_relu=False, out_relu=True, layer_norm="none")),
-    ("fuxictr", 16, {"w_qkv", "ln_weight", "ln_bias"},
-     dict(scale=1.0, qkv_relu=False, residual="identity", out_relu=True, layer_norm="before")),
-    ("fuxictr", 12, {"w_qkv", "w_res", "ln_weight", "ln_bias"},
-     dict(residual="project", layer_norm="before")),
+    ("fuxictr", 16, {"w_qkv"},                       # FuxiCTR's default: layer_norm=False
+     dict(scale=1.0, qkv_relu=False, residual="identity", out_relu=True, layer_norm="none")),
+    ("fuxictr", 12, {"w_qkv", "w_res"}, dict(residual="project", layer_norm="none")),
 ])
 def test_presets_structure(variant, in_dim, expected, options):
     layer = InteractingLayer(in_dim, 8, 2, variant=variant)
@@ -44,6 +45,21 @@ def test_initialisation():
     assert tf.w_qkv.abs().max() <= bound and tf.w_qkv.abs().max() > 0.8 * bound
     deepctr = InteractingLayer(64, 32, 2, variant="deepctr")
     assert abs(float(deepctr.w_qkv.detach().std()) - 0.05) < 0.005
+
+
+def test_fuxictr_layer_norm_override():
+    """FuxiCTR's ``layer_norm=True`` is ``layer_norm="before"``: ``relu(LN(O + x))``."""
+    layer = InteractingLayer(16, 8, 2, variant="fuxictr", layer_norm="before")
+    assert present(layer) == {"w_qkv", "ln_weight", "ln_bias"}
+    with torch.no_grad():
+        layer.ln_weight.normal_(1.0, 0.2)
+        layer.ln_bias.normal_(0.0, 0.2)
+    pre_activation = InteractingLayer(16, 8, 2, variant="fuxictr", out_relu=False)   # Z = O + x
+    pre_activation.w_qkv.data.copy_(layer.w_qkv.data)
+    x = torch.randn(5, 7, 16)
+    z = pre_activation(x)
+    want = torch.relu(torch.nn.functional.layer_norm(z, (16,), layer.ln_weight, layer.ln_bias, 1e-5))
+    torch.testing.assert_close(layer(x), want)
 
 
 def test_overrides_and_errors():
@@ -73,10 +89,7 @@ def test_kernel_path_matches_reference(variant):
         (y.square().sum() + a.sum()).backward()
     params = [getattr(layer, n) for n in ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")]
     ref_leaves = [None if p is None else p.detach().cpu().double().requires_grad_() for p in [x] + params]
-    cfg = layer.config
-    y_ref, a_ref = reference(*ref_leaves, num_heads=2, scale=cfg["scale"], qkv_relu=cfg["qkv_relu"],
-                             residual=cfg["residual"], res_relu=cfg["res_relu"], out_relu=cfg["out_relu"],
-                             layer_norm=cfg["layer_norm"], ln_eps=cfg["ln_eps"], return_attention=True)
+    y_ref, a_ref = reference(*ref_leaves, return_attention=True, **dataclasses.asdict(layer.options))
     (y_ref.square().sum() + a_ref.sum()).backward()
     assert_rel_close(y, y_ref, torch.float32, "Y")
     assert_rel_close(a, a_ref, torch.float32, "A")

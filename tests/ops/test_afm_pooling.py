@@ -9,13 +9,15 @@ import torch
 from fastint import use_backend
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close, randn, tolerance
+from tests.helpers import (KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match,
+                           assert_rel_close, check_kernel_against_reference, outputs_and_grads, randn)
 
 op_module = importlib.import_module("fastint.ops.afm_pooling")
 
 
 def make_inputs(batch, fields, dim, att, dtype=torch.float32, device="cpu"):
-    """Leaves (e, w, b, h): unit-scale e and Xavier-scale w give scores of order one."""
+    """Leaves (e, weight, bias, projection): unit-scale e and Xavier-scale weight give scores of
+    order one."""
     def leaf(*shape, scale):
         return randn(*shape, dtype=dtype, device=device, scale=scale, requires_grad=True)
     return (leaf(batch, fields, dim, scale=1.0), leaf(dim, att, scale=dim ** -0.5),
@@ -31,36 +33,26 @@ def random_pairs(fields, count, device="cpu"):
     return torch.stack([first, second], 1).to(device)
 
 
-def run(inputs, pairs, grad_pooled, grad_a):
-    """Outputs and the gradients of ``<pooled, grad_pooled> + <a, grad_a>`` (grad_a may be None)."""
-    fn = reference if inputs[0].dtype == torch.float64 else afm_pooling
-    if pairs is not None:
-        pairs = pairs.to(inputs[0].device)
-    pooled, a = fn(*inputs, pairs, return_attention=True)
-    loss = (pooled.double() * grad_pooled.to(pooled.device, torch.float64)).sum()
-    if grad_a is not None:
-        loss = loss + (a.double() * grad_a.to(a.device, torch.float64)).sum()
-    return (pooled, a), torch.autograd.grad(loss, inputs)
+NAMES = ("e", "weight", "bias", "projection")
+
+
+def with_pairs(fn, pairs, return_attention=True):
+    """``fn(e, weight, bias, projection)`` with the given pairs (on the inputs' device)."""
+    def call(*tensors):
+        given = None if pairs is None else pairs.to(tensors[0].device)
+        return fn(*tensors, given, return_attention=return_attention)
+    return call
 
 
 def check_against_reference(inputs, pairs, dtype, use_a=True):
     batch, fields, dim = inputs[0].shape
     num_pairs = fields * (fields - 1) // 2 if pairs is None else pairs.shape[0]
-    grad_pooled = torch.randn(batch, dim)
-    grad_a = torch.randn(batch, num_pairs) if use_a else None
-    with use_backend("kernel"):
-        (pooled, a), grads = run(inputs, pairs, grad_pooled, grad_a)
-    (pooled_ref, a_ref), grads_ref = run([as_reference(x) for x in inputs], pairs, grad_pooled, grad_a)
-    assert pooled.dtype == a.dtype == dtype and a.shape == (batch, num_pairs)
-    assert_rel_close(pooled, pooled_ref, dtype, "pooled")
-    assert_rel_close(a, a_ref, dtype, "a")
-    for name, g, g_ref in zip(("e", "w", "b", "h"), grads, grads_ref):
-        assert g.dtype == dtype and g.shape == g_ref.shape, name
-        if num_pairs == 1 and name != "e":
-            # softmax over one pair is constant: the attention weights get (rounding-)zero gradient
-            assert float(g.abs().max()) < tolerance(dtype), name
-        else:
-            assert_rel_close(g, g_ref, dtype, f"d{name}")
+    upstream = (torch.randn(batch, dim), torch.randn(batch, num_pairs) if use_a else None)
+    # softmax over one pair is constant: the attention weights get (rounding-)zero gradient
+    zero = NAMES[1:] if num_pairs == 1 else ()
+    _, a = check_kernel_against_reference(with_pairs(afm_pooling, pairs), with_pairs(reference, pairs),
+                                          inputs, upstream, dtype, ("pooled", "a"), NAMES, zero)
+    assert a.shape == (batch, num_pairs)
 
 
 # (batch, M, k, t): batches not multiples of the per-program chunk; every M, k and t appears
@@ -99,29 +91,19 @@ def test_out_of_order_pairs_and_repeats():
 
 
 def test_pooled_only_gradient():
-    """Attention unused: its gradient reaches the kernel as None."""
+    """Attention not returned: its gradient reaches the kernel as None."""
     inputs = make_inputs(9, 7, 16, 16, device=KERNEL_DEVICE)
     check_against_reference(inputs, None, torch.float32, use_a=False)
-    grad = torch.randn(9, 16)
-    with use_backend("kernel"):
-        grads = torch.autograd.grad((afm_pooling(*inputs) * grad.to(KERNEL_DEVICE)).sum(), inputs)
-    ref = [as_reference(x) for x in inputs]
-    grads_ref = torch.autograd.grad((reference(*ref) * grad.double()).sum(), ref)
-    for name, g, g_ref in zip("ewbh", grads, grads_ref):
-        assert_rel_close(g, g_ref, torch.float32, f"d{name}")
+    pooled, = check_kernel_against_reference(with_pairs(afm_pooling, None, False),
+                                             with_pairs(reference, None, False), inputs,
+                                             (torch.randn(9, 16),), torch.float32, ("pooled",), NAMES)
+    assert pooled.shape == (9, 16)
 
 
 def test_attention_only_gradient():
     inputs = make_inputs(9, 7, 16, 16, device=KERNEL_DEVICE)
-    grad_a = torch.randn(9, 21)
-    with use_backend("kernel"):
-        a = afm_pooling(*inputs, return_attention=True)[1]
-        grads = torch.autograd.grad((a * grad_a.to(KERNEL_DEVICE)).sum(), inputs)
-    ref = [as_reference(x) for x in inputs]
-    a_ref = reference(*ref, return_attention=True)[1]
-    grads_ref = torch.autograd.grad((a_ref * grad_a.double()).sum(), ref)
-    for name, g, g_ref in zip("ewbh", grads, grads_ref):
-        assert_rel_close(g, g_ref, torch.float32, f"d{name}")
+    check_kernel_against_reference(with_pairs(afm_pooling, None), with_pairs(reference, None), inputs,
+                                   (None, torch.randn(9, 21)), torch.float32, ("pooled", "a"), NAMES)
 
 
 def test_non_contiguous_inputs():
@@ -157,7 +139,8 @@ def test_saved_tensors_scale_with_batch_fields_dim_not_pairs():
 def test_backward_op_without_upstream_gradients():
     e, w, b, h = (x.detach() for x in make_inputs(5, 4, 8, 8))
     pairs = torch.tensor([[0, 1], [2, 3]])
-    _, a, stats = op_module._forward(e, w, b, h, pairs, False)
+    pooled, a, stats = op_module._forward(e, w, b, h, pairs, False)
+    assert a.shape == (0,)                      # absent: the attention was not requested
     grads = op_module._backward(None, None, e, w, b, h, pairs, a, stats)
     for g, x in zip(grads, (e, w, b, h)):
         assert g.shape == x.shape and not g.any()
@@ -233,8 +216,8 @@ def test_torch_compile_fullgraph_forward_backward(given_pairs):
 
 def args(**over):
     """Valid (e, w, b, h, pairs) with some replaced."""
-    base = dict(e=torch.randn(4, 5, 8), w=torch.randn(8, 6), b=torch.randn(6), h=torch.randn(6),
-                pairs=None)
+    base = dict(e=torch.randn(4, 5, 8), weight=torch.randn(8, 6), bias=torch.randn(6),
+                projection=torch.randn(6), pairs=None)
     base.update(over)
     return base
 
@@ -242,9 +225,9 @@ def args(**over):
 @pytest.mark.parametrize("kwargs, error, match", [
     (args(e=torch.randn(4, 5, 7)), ValueError, r"e must have shape \[\*, \*, 8\]"),
     (args(e=torch.randn(4, 8)), ValueError, "e must have 3 dimensions"),
-    (args(w=torch.randn(8)), ValueError, "w must have 2 dimensions"),
-    (args(b=torch.randn(5)), ValueError, r"b must have shape \[6\]"),
-    (args(h=torch.randn(6, 1)), ValueError, r"h must have shape \[6\]"),
+    (args(weight=torch.randn(8)), ValueError, "weight must have 2 dimensions"),
+    (args(bias=torch.randn(5)), ValueError, r"bias must have shape \[6\]"),
+    (args(projection=torch.randn(6, 1)), ValueError, r"projection must have shape \[6\]"),
     (args(e=torch.randn(4, 1, 8)), ValueError, "at least 2 fields"),
     (args(pairs=torch.tensor([[0, 5]])), ValueError, r"fields 0\.\.4"),
     (args(pairs=torch.tensor([[-1, 2]])), ValueError, r"fields 0\.\.4"),
@@ -252,9 +235,9 @@ def args(**over):
     (args(pairs=torch.tensor([[0.0, 1.0]])), TypeError, "pairs must have dtype"),
     (args(pairs=torch.tensor([0, 1])), ValueError, r"pairs must have shape \[\*, 2\]"),
     (args(pairs=torch.zeros(0, 2, dtype=torch.long)), ValueError, "at least one pair"),
-    (args(w=torch.randn(8, 6, dtype=torch.float16)), TypeError, "share one dtype"),
+    (args(weight=torch.randn(8, 6, dtype=torch.float16)), TypeError, "share one dtype"),
     (args(e=torch.randint(0, 3, (4, 5, 8))), TypeError, "e must have dtype"),
-    (args(h=torch.randn(6, device="meta")), ValueError, "same device"),
+    (args(projection=torch.randn(6, device="meta")), ValueError, "same device"),
     (args(pairs=torch.tensor([[0, 1]], device="meta")), ValueError, "same device"),
 ])
 def test_errors(kwargs, error, match):
@@ -264,8 +247,20 @@ def test_errors(kwargs, error, match):
 
 def test_backward_is_deterministic():
     inputs = make_inputs(23, 7, 16, 16, device=KERNEL_DEVICE)
-    grads = torch.randn(23, 16), torch.randn(23, 21)
+    upstream = torch.randn(23, 16, device=KERNEL_DEVICE), torch.randn(23, 21, device=KERNEL_DEVICE)
     with use_backend("kernel"):
-        first, second = (run(inputs, None, *grads)[1] for _ in range(2))
+        first, second = (outputs_and_grads(with_pairs(afm_pooling, None), inputs, upstream)[1]
+                         for _ in range(2))
     for x, y in zip(first, second):
         assert torch.equal(x, y)
+
+
+def test_gradcheck_float64_reference_path():
+    """float64 runs the reference through the public op, so torch.autograd.gradcheck applies."""
+    inputs = make_inputs(3, 4, 5, 6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(with_pairs(afm_pooling, torch.tensor([[0, 1], [3, 1], [2, 0]])), inputs)
+
+
+def test_kernel_backend_rejects_float64():
+    with use_backend("kernel"), pytest.raises(TypeError, match="fused kernels take"):
+        afm_pooling(**{k: (v.double() if v is not None else None) for k, v in args().items()})

@@ -43,7 +43,7 @@ def test_reference_matches_naive_loop(mode, weighted):
     ids, offsets = csr_bags(9, 20, 4)
     ids, offsets = ids.cpu(), offsets.cpu()
     psw = torch.rand(ids.shape, dtype=torch.float64) if weighted else None
-    out = reference(weight, ids, offsets, psw, mode, num_fields=3)
+    out = reference(ids, weight, offsets, psw, mode, num_fields=3)
     torch.testing.assert_close(out.reshape(9, 5), naive(weight, ids, offsets, psw, mode))
 
 
@@ -56,10 +56,10 @@ def test_dense_form_forward_and_grads(fields, dim, dtype, index_dtype):
     ids = torch.randint(-1, rows, (batch, fields), device=DEVICE).to(index_dtype)
     ids[0, 0] = 5
     psw = torch.randn(batch, fields, dtype=dtype, device=DEVICE, requires_grad=True)
-    out = embedding_bag(weight, ids, per_sample_weights=psw)
+    out = embedding_bag(ids, weight, per_sample_weights=psw)
     assert out.shape == (batch, fields, dim) and out.dtype == dtype
     ref_w, ref_psw = as_reference(weight), as_reference(psw)
-    ref = reference(ref_w, ids.cpu(), None, ref_psw)
+    ref = reference(ids.cpu(), ref_w, None, ref_psw)
     assert_rel_close(out, ref, dtype, "output")
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype).to(DEVICE))
@@ -76,9 +76,9 @@ def test_csr_form_forward_and_grads(pooling_factor, mode, weighted):
     weight = torch.randn(rows, dim, device=DEVICE, requires_grad=True)
     ids, offsets = csr_bags(batch * fields, rows, pooling_factor)
     psw = torch.rand(ids.shape, device=DEVICE, requires_grad=True) if weighted else None
-    out = embedding_bag(weight, ids, offsets, psw, mode=mode, num_fields=fields)
+    out = embedding_bag(ids, weight, offsets, psw, mode=mode, num_fields=fields)
     ref_w, ref_psw = as_reference(weight), as_reference(psw)
-    ref = reference(ref_w, ids.cpu(), offsets.cpu(), ref_psw, mode, num_fields=fields)
+    ref = reference(ids.cpu(), ref_w, offsets.cpu(), ref_psw, mode, num_fields=fields)
     assert out.shape == (batch, fields, dim)
     if pooling_factor == 0:
         assert not out.any()
@@ -99,13 +99,13 @@ def test_csr_form_forward_and_grads(pooling_factor, mode, weighted):
 def test_matches_torch_embedding_bag(mode):
     weight = torch.randn(500, 32, device=DEVICE)
     ids, offsets = csr_bags(64, 500, 6, missing=False)
-    ours = embedding_bag(weight, ids, offsets, mode=mode).squeeze(1)
+    ours = embedding_bag(ids, weight, offsets, mode=mode).squeeze(1)
     torch.testing.assert_close(ours, F.embedding_bag(ids, weight, offsets[:-1], mode=mode))
 
 
 def test_missing_ids_do_not_count_in_mean():
     weight = torch.arange(12.0, device=DEVICE).view(6, 2)
-    out = embedding_bag(weight, torch.tensor([1, -1, 3, -7], device=DEVICE),
+    out = embedding_bag(torch.tensor([1, -1, 3, -7], device=DEVICE), weight,
                         torch.tensor([0, 3, 4], device=DEVICE), mode="mean")
     torch.testing.assert_close(out.squeeze(1), torch.tensor([[4.0, 5.0], [0.0, 0.0]], device=DEVICE))
 
@@ -113,13 +113,13 @@ def test_missing_ids_do_not_count_in_mean():
 def test_sparse_gradient_is_coalesced_and_equals_dense():
     weight = torch.randn(50, 8, device=DEVICE, requires_grad=True)
     ids = torch.randint(-1, 50, (40, 6), device=DEVICE)
-    embedding_bag(weight, ids, sparse=True).square().sum().backward()
+    embedding_bag(ids, weight, sparse=True).square().sum().backward()
     sparse = weight.grad
     assert sparse.is_sparse
     # coalesced: one entry per used row, in ascending order
     assert sparse._indices()[0].tolist() == sorted(set(ids[ids >= 0].tolist()))
     weight.grad = None
-    embedding_bag(weight, ids).square().sum().backward()
+    embedding_bag(ids, weight).square().sum().backward()
     torch.testing.assert_close(sparse.to_dense(), weight.grad)
 
 
@@ -130,14 +130,14 @@ def test_backward_is_bit_identical_across_runs():
     grads = []
     for _ in range(2):
         weight.grad = None
-        embedding_bag(weight, ids, offsets, mode="mean").backward(grad)
+        embedding_bag(ids, weight, offsets, mode="mean").backward(grad)
         grads.append(weight.grad.clone())
     assert torch.equal(grads[0], grads[1])
 
 
 def test_empty_batch():
     weight = torch.randn(10, 4, device=DEVICE, requires_grad=True)
-    out = embedding_bag(weight, torch.empty(0, 3, dtype=torch.long, device=DEVICE))
+    out = embedding_bag(torch.empty(0, 3, dtype=torch.long, device=DEVICE), weight)
     assert out.shape == (0, 3, 4)
     out.sum().backward()
     assert weight.grad.shape == (10, 4) and not weight.grad.any()
@@ -147,7 +147,7 @@ def test_reference_backend_is_used_when_forced():
     weight = torch.randn(10, 4, device=DEVICE)
     ids = torch.randint(0, 10, (3, 2), device=DEVICE)
     with use_backend("reference"):
-        torch.testing.assert_close(embedding_bag(weight, ids), embedding_bag(weight, ids, mode="sum"))
+        torch.testing.assert_close(embedding_bag(ids, weight), embedding_bag(ids, weight, mode="sum"))
 
 
 def test_opcheck():
@@ -170,7 +170,7 @@ def test_torch_compile_fullgraph_forward_backward():
     psw = torch.rand(9, 4, device=DEVICE, requires_grad=True)
 
     def step(w, p):
-        return embedding_bag(w, ids, per_sample_weights=p, mode="sum").square().sum()
+        return embedding_bag(ids, w, per_sample_weights=p, mode="sum").square().sum()
 
     torch._dynamo.reset()
     compiled = torch.autograd.grad(torch.compile(step, fullgraph=True)(weight, psw), (weight, psw))

@@ -1,5 +1,7 @@
 """field_attention: fused Triton kernels vs the float64 reference (Y, A and every gradient), the
-reference vs a naive per-sample loop, launch configuration, opcheck, torch.compile, error paths."""
+reference vs a naive per-sample loop, launch configuration, opcheck, torch.compile, gradcheck,
+error paths."""
+import importlib
 import math
 
 import pytest
@@ -7,12 +9,14 @@ import torch
 
 from fastint import use_backend
 from fastint.kernels import field_attention as kernels
-import importlib
+from fastint.kernels._common import Target
+from fastint.ops.field_attention import field_attention
+from fastint.options import FieldAttentionOptions
+from fastint.reference.field_attention import field_attention as reference
+from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, assert_compiled_grads_match, check_kernel_against_reference
 
 op_module = importlib.import_module("fastint.ops.field_attention")
-from fastint.ops.field_attention import field_attention
-from fastint.reference.field_attention import field_attention as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close
+H100 = Target(interpreter=False, sm_count=132, capability=(9, 0))
 
 PARAMS = ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")
 
@@ -64,38 +68,24 @@ def make_inputs(config, batch, fields, dim, heads, head_dim, dtype=torch.float32
     return [None if t is None else t.to(device, dtype).requires_grad_() for t in leaves]
 
 
-def run(inputs, options, heads, grad_y, grad_a):
-    """Outputs and gradients of ``<Y, grad_y> + <A, grad_a>`` w.r.t. every present leaf."""
-    fn = reference if inputs[0].dtype == torch.float64 else field_attention
-    y, a = fn(*inputs, num_heads=heads, return_attention=True, **options)
-    loss = sum((out.double() * g.to(out.device, torch.float64)).sum()
-               for out, g in ((y, grad_y), (a, grad_a)) if g is not None)
-    leaves = [t for t in inputs if t is not None]
-    return (y, a), torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+def with_options(fn, heads, options, return_attention=True):
+    """``fn(*tensors)`` with the layer's options (the scaffold passes the tensors positionally)."""
+    return lambda *tensors: fn(*tensors, num_heads=heads, return_attention=return_attention, **options)
 
 
-def check_against_reference(config, shape, dtype, *, margin=False, use_y=True, use_a=True):
+def check_against_reference(config, shape, dtype, *, margin=False, use_y=True, use_a=True, inputs=None):
     batch, fields, dim, heads, head_dim = shape
     options = CONFIGS[config][0]
-    inputs = make_inputs(config, *shape, dtype=dtype, device=KERNEL_DEVICE, margin=margin)
-    grad_y = torch.randn(batch, fields, heads * head_dim) if use_y else None
-    grad_a = torch.randn(batch, heads, fields, fields) if use_a else None
-    with use_backend("kernel"):
-        (y, a), grads = run(inputs, options, heads, grad_y, grad_a)
-    (y_ref, a_ref), grads_ref = run([as_reference(t) for t in inputs], options, heads, grad_y, grad_a)
-    assert y.dtype == a.dtype == dtype
-    assert_rel_close(y, y_ref, dtype, "Y")
-    if fields > 1:
-        assert_rel_close(a, a_ref, dtype, "A")
-    else:
-        assert torch.equal(a.cpu().float(), torch.ones_like(a_ref.float()))
+    if inputs is None:
+        inputs = make_inputs(config, *shape, dtype=dtype, device=KERNEL_DEVICE, margin=margin)
+    upstream = (torch.randn(batch, fields, heads * head_dim) if use_y else None,
+                torch.randn(batch, heads, fields, fields) if use_a else None)
     names = ["x"] + [p for p, t in zip(PARAMS, inputs[1:]) if t is not None]
-    for name, g, g_ref in zip(names, grads, grads_ref):
-        assert g.dtype == dtype and g.shape == g_ref.shape, name
-        if float(g_ref.norm()) == 0.0:   # e.g. Q/K weights with one field (softmax is constant)
-            assert float(g.double().norm()) <= 1e-6, name
-        else:
-            assert_rel_close(g, g_ref, dtype, f"d{name}")
+    _, a = check_kernel_against_reference(with_options(field_attention, heads, options),
+                                          with_options(reference, heads, options), inputs, upstream,
+                                          dtype, ("Y", "A"), names)
+    if fields == 1:                     # one key: the softmax is exactly 1
+        assert torch.equal(a.cpu().float(), torch.ones_like(a.cpu().float()))
 
 
 # (config, (batch, M, d, H, dh)): batches not multiples of SAMPLES; every M, d, H and dh appears,
@@ -144,16 +134,13 @@ def test_gradient_through_one_output(used):
 def test_without_attention_output():
     """The default call returns Y only; its backward gets no gradient for A."""
     inputs = make_inputs("tf", 13, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    names = ["x"] + [p for p, t in zip(PARAMS, inputs[1:]) if t is not None]
     options = CONFIGS["tf"][0]
-    with use_backend("kernel"):
-        y = field_attention(*inputs, num_heads=2, **options)
-        y.sum().backward()
-    ref_inputs = [as_reference(t) for t in inputs]
-    reference(*ref_inputs, num_heads=2, **options).sum().backward()
-    assert_rel_close(y, reference(*ref_inputs, num_heads=2, **options), torch.float32, "Y")
-    for t, r in zip(inputs, ref_inputs):
-        if t is not None:
-            assert_rel_close(t.grad, r.grad, torch.float32, "grad")
+    y, = check_kernel_against_reference(
+        with_options(field_attention, 2, options, return_attention=False),
+        with_options(reference, 2, options, return_attention=False), inputs,
+        (torch.randn(13, 7, 16),), torch.float32, ("Y",), names)
+    assert isinstance(y, torch.Tensor) and y.shape == (13, 7, 16)
 
 
 def test_non_contiguous_inputs():
@@ -161,20 +148,23 @@ def test_non_contiguous_inputs():
     x_t = x.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     w_t = w_qkv.detach().T.contiguous().T.requires_grad_()
     assert not x_t.is_contiguous() and not w_t.is_contiguous()
-    with use_backend("kernel"):
-        y = field_attention(x_t, w_t, *rest, num_heads=2, **CONFIGS["paper"][0])
-        y.square().sum().backward()
-    ref = [as_reference(t) for t in (x_t, w_t, *rest)]
-    y_ref = reference(*ref, num_heads=2, **CONFIGS["paper"][0])
-    y_ref.square().sum().backward()
-    assert_rel_close(y, y_ref, torch.float32, "Y")
-    assert_rel_close(x_t.grad, ref[0].grad, torch.float32, "dx")
-    assert_rel_close(w_t.grad, ref[1].grad, torch.float32, "dw_qkv")
+    check_against_reference("paper", (9, 7, 16, 2, 8), torch.float32, inputs=[x_t, w_t, *rest])
+
+
+def test_backward_op_returns_every_gradient_absent_ones_empty():
+    """The backward custom op returns dx and one gradient per parameter, ``[0]`` where absent."""
+    inputs = [None if t is None else t.detach() for t in make_inputs("paper", 5, 3, 8, 2, 8)]
+    options = FieldAttentionOptions(2, scale=1.0)
+    grads = op_module._backward(torch.randn(5, 3, 16), None, *inputs, *options.astuple())
+    assert len(grads) == 1 + len(PARAMS)
+    for g, t in zip(grads, inputs):
+        assert g.shape == ((0,) if t is None else t.shape)
 
 
 def test_backward_op_without_upstream_gradients():
     inputs = [None if t is None else t.detach() for t in make_inputs("tf", 5, 3, 8, 2, 8)]
-    grads = op_module._backward(None, None, *inputs, 2, 0.5, True, "project", True, True, "after", 1e-5)
+    options = FieldAttentionOptions(2, 0.5, True, "project", True, True, "after")
+    grads = op_module._backward(None, None, *inputs, *options.astuple())
     assert [g.shape for g in grads] == [t.shape for t in inputs] and not any(g.any() for g in grads)
 
 
@@ -191,20 +181,32 @@ def test_empty_batch():
 def test_grid_has_no_axis_1_limit():
     """B*H far above 65,535 -> one grid axis only (computed, not launched)."""
     batch, heads = 1_000_000, 8
-    pads = kernels.padded_sizes(39, 16, heads, 32)
-    samples, _ = kernels.launch_config(batch, pads, interpreting=False)
+    cfg = kernels.launch_config(batch, 39, 16, 32, torch.float16, FieldAttentionOptions(heads), H100)
     assert batch * heads > 65_535
-    assert kernels.grid(batch, samples) == (math.ceil(batch / samples),)
+    assert cfg.grid == (math.ceil(batch / cfg.meta["SAMPLES"]),)
 
 
 @pytest.mark.parametrize("fields, m_pad, samples", [(1, 16, 8), (10, 16, 8), (23, 32, 4), (39, 64, 2), (100, 128, 1)])
 def test_launch_config_on_gpu(fields, m_pad, samples):
-    pads = kernels.padded_sizes(fields, 16, 2, 32)
-    assert pads == {"M_PAD": m_pad, "D_PAD": 16, "H_PAD": 2, "DH_PAD": 32}
-    assert kernels.launch_config(65536, pads, interpreting=False)[0] == samples
-    assert kernels.launch_config(65536, pads, backward=True, interpreting=False)[0] == max(1, samples // 2)
+    options = FieldAttentionOptions(2, qkv_relu=True, layer_norm="after")
+    present = ("w_qkv", "b_qkv", "ln_weight")
+    fwd = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present,
+                                return_attention=True)
+    assert fwd.kernel is kernels._field_attention_fwd_kernel
+    assert {k: fwd.meta[k] for k in ("M_PAD", "D_PAD", "H_PAD", "DH_PAD")} == {
+        "M_PAD": m_pad, "D_PAD": 16, "H_PAD": 2, "DH_PAD": 32}
+    assert fwd.meta["SAMPLES"] == samples and fwd.grid == (math.ceil(65536 / samples),)
+    assert fwd.meta["HAS_BQKV"] and fwd.meta["HAS_LNW"] and not fwd.meta["HAS_LNB"] and fwd.meta["STORE_A"]
+    assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
+    bwd = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present,
+                                backward=True, grad_a=True)
+    assert bwd.kernel is kernels._field_attention_bwd_kernel
+    assert bwd.meta["SAMPLES"] == max(1, samples // 2) and bwd.meta["HAS_GY"] and bwd.meta["HAS_GA"]
+    assert bwd.grid == (min(4 * 132, math.ceil(65536 / bwd.meta["SAMPLES"])),)
+    assert "_field_attention_bwd_kernel" in bwd.describe()
     # interpreter: a handful of big programs
-    assert kernels.launch_config(37, pads, interpreting=True)[0] == 8
+    interp = kernels.launch_config(37, fields, 16, 32, torch.float32, options, Target(interpreter=True))
+    assert interp.meta["SAMPLES"] == 8 and interp.grid == (5,)
 
 
 def naive(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, scale, qkv_relu, residual,
@@ -260,24 +262,33 @@ def test_public_op_runs_reference_on_cpu_by_default():
     torch.testing.assert_close(out, reference(*inputs, num_heads=2, **CONFIGS["tf"][0]))
 
 
-def _op_args(inputs, options, heads, return_attention):
-    o = {"scale": 0.5, "qkv_relu": False, "res_relu": False, "out_relu": True, "layer_norm": "none",
-         "ln_eps": 1e-5, **options}
-    return (*inputs, heads, o["scale"], o["qkv_relu"], o["residual"], o["res_relu"], o["out_relu"],
-            o["layer_norm"], o["ln_eps"]) + ((return_attention,) if return_attention is not None else ())
+def _flat_options(config, heads):
+    return FieldAttentionOptions(heads, **{"scale": 0.5, **CONFIGS[config][0]}).astuple()
 
 
 @pytest.mark.parametrize("config", ["tf", "fuxictr-identity"])
 def test_opcheck(config):
     inputs = make_inputs(config, 11, 7, 16, 2, 8, device=KERNEL_DEVICE)
-    options = CONFIGS[config][0]
     for return_attention in (True, False):
-        torch.library.opcheck(op_module._forward, _op_args(inputs, options, 2, return_attention))
+        torch.library.opcheck(op_module._forward, (*inputs, *_flat_options(config, 2), return_attention))
     detached = [None if t is None else t.detach() for t in inputs]
     grad_y = torch.randn(11, 7, 16, device=KERNEL_DEVICE)
     grad_a = torch.randn(11, 2, 7, 7, device=KERNEL_DEVICE)
     for gy, ga in ((grad_y, grad_a), (grad_y, None), (None, grad_a)):
-        torch.library.opcheck(op_module._backward, (gy, ga, *_op_args(detached, options, 2, None)))
+        torch.library.opcheck(op_module._backward, (gy, ga, *detached, *_flat_options(config, 2)))
+
+
+@pytest.mark.parametrize("config", ["tf", "fuxictr-project"])
+def test_gradcheck_float64_reference_path(config):
+    """float64 runs the reference through the public op, so torch.autograd.gradcheck applies."""
+    inputs = make_inputs(config, 3, 4, 8, 2, 4, dtype=torch.float64)
+    leaves = tuple(t for t in inputs if t is not None)
+
+    def fn(*tensors):
+        it = iter(tensors)
+        full = [None if t is None else next(it) for t in inputs]
+        return field_attention(*full, num_heads=2, return_attention=True, **CONFIGS[config][0])
+    assert torch.autograd.gradcheck(fn, leaves)
 
 
 def test_torch_compile_fullgraph_forward_backward():
@@ -316,9 +327,16 @@ def _args(**over):
     (_args(layer_norm="sandwich"), ValueError, "layer_norm must be one of"),
     (_args(ln_weight=torch.ones(8)), ValueError, "ln_weight/ln_bias are only used"),
     (_args(w_qkv=torch.randn(8, 24, dtype=torch.float16)), TypeError, "share one dtype"),
-    (_args(x=torch.randn(4, 5, 8).double()), TypeError, "x must have dtype"),
+    (_args(x=torch.randn(4, 5, 8).long()), TypeError, "x must have dtype"),
+    (_args(scale="big"), ValueError, "could not convert string to float"),
     (_args(b_qkv=torch.randn(24, device="meta")), ValueError, "same device"),
 ])
 def test_errors(args, error, match):
     with pytest.raises(error, match=match):
+        field_attention(**args)
+
+
+def test_kernel_backend_rejects_float64():
+    args = _args(**{k: v.double() for k, v in _args().items() if isinstance(v, torch.Tensor)})
+    with use_backend("kernel"), pytest.raises(TypeError, match="fused kernels take float32/float16/bfloat16"):
         field_attention(**args)

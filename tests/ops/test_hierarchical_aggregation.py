@@ -8,14 +8,15 @@ import torch
 from fastint import use_backend
 from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as reference
-from tests.helpers import KERNEL_DEVICE, KERNEL_DTYPES, as_reference, assert_compiled_grads_match, assert_rel_close, randn
+from tests.helpers import (KERNEL_DEVICE, KERNEL_DTYPES, assert_compiled_grads_match,
+                           check_kernel_against_reference, outputs_and_grads, randn)
 
 # the module (fastint.ops may re-export the function under the same name)
 op_module = importlib.import_module("fastint.ops.hierarchical_aggregation")
 
 
 def make_inputs(batch, fields, dim, att, orders, dtype=torch.float32, device="cpu"):
-    """Well-conditioned leaves (x1, w, b, c): |x1| ~ 0.5 keeps ``1 + sum u`` moderate up to K=8
+    """Well-conditioned leaves (x1, weight, bias, context): |x1| ~ 0.5 keeps ``1 + sum u`` moderate up to K=8
     (with unit-scale x1 and K=8 even the fp32 eager reference is off by 5e-5)."""
     def leaf(*shape, scale):
         return randn(*shape, dtype=dtype, device=device, scale=scale, requires_grad=True)
@@ -23,30 +24,18 @@ def make_inputs(batch, fields, dim, att, orders, dtype=torch.float32, device="cp
             leaf(orders, att, scale=0.1), leaf(orders, att, scale=0.5))
 
 
-def run(inputs, grad_u, grad_alpha):
-    """Outputs and the gradients of ``<U, grad_u> + <alpha, grad_alpha>`` (either may be None)."""
-    u, alpha = hierarchical_aggregation(*inputs) if inputs[0].dtype != torch.float64 else reference(*inputs)
-    loss = sum((out.double() * g.to(out.device, torch.float64)).sum()
-               for out, g in ((u, grad_u), (alpha, grad_alpha)) if g is not None)
-    grads = torch.autograd.grad(loss, inputs)
-    return (u, alpha), grads
+NAMES = ("x1", "weight", "bias", "context")
+
+
+def with_attention(fn):
+    return lambda *tensors: fn(*tensors, return_attention=True)
 
 
 def check_against_reference(inputs, grad_u, grad_alpha, dtype):
-    with use_backend("kernel"):
-        (u, alpha), grads = run(inputs, grad_u, grad_alpha)
-    (u_ref, alpha_ref), grads_ref = run([as_reference(t) for t in inputs], grad_u, grad_alpha)
-    assert u.dtype == alpha.dtype == dtype
-    assert_rel_close(u, u_ref, dtype, "U")
-    assert_rel_close(alpha, alpha_ref, dtype, "alpha")
-    single_field = inputs[0].shape[1] == 1
-    for name, g, g_ref in zip(("x1", "w", "b", "c"), grads, grads_ref):
-        assert g.dtype == dtype, name
-        if single_field and name != "x1":
-            # softmax over one field is constant: the attention weights get exactly zero gradient
-            assert torch.equal(g.cpu(), torch.zeros_like(g.cpu())), name
-        else:
-            assert_rel_close(g, g_ref, dtype, f"d{name}")
+    # softmax over one field is constant: the attention weights get exactly zero gradient
+    zero = NAMES[1:] if inputs[0].shape[1] == 1 else ()
+    check_kernel_against_reference(with_attention(hierarchical_aggregation), with_attention(reference),
+                                   inputs, (grad_u, grad_alpha), dtype, ("U", "alpha"), NAMES, zero)
 
 
 # (batch, M, d, a, K): batches not multiples of SAMPLES; every M, d, a and K value appears
@@ -90,6 +79,16 @@ def test_gradient_through_one_output(used):
     check_against_reference(inputs, grad_u, grad_alpha, torch.float32)
 
 
+def test_without_attention_output():
+    """The default call returns U only: alpha is not stored, its gradient is None."""
+    inputs = make_inputs(21, 7, 16, 16, 3, device=KERNEL_DEVICE)
+    u, = check_kernel_against_reference(hierarchical_aggregation, reference, inputs,
+                                        (torch.randn(21, 3, 16),), torch.float32, ("U",), NAMES)
+    assert isinstance(u, torch.Tensor) and u.shape == (21, 3, 16)
+    _, alpha = op_module._forward(*(t.detach() for t in inputs), False)
+    assert alpha.shape == (0,)
+
+
 def test_backward_op_without_upstream_gradients():
     inputs = [t.detach() for t in make_inputs(5, 3, 8, 8, 2)]
     dx1, dw, db, dc = op_module._backward(None, None, *inputs)
@@ -100,7 +99,7 @@ def test_backward_op_without_upstream_gradients():
 def test_empty_batch():
     x1, w, b, c = make_inputs(0, 5, 16, 8, 3, device=KERNEL_DEVICE)
     with use_backend("kernel"):
-        u, alpha = hierarchical_aggregation(x1, w, b, c)
+        u, alpha = hierarchical_aggregation(x1, w, b, c, return_attention=True)
         assert u.shape == (0, 3, 16) and alpha.shape == (0, 3, 5)
         (u.sum() + alpha.sum()).backward()
     assert x1.grad.shape == x1.shape and not w.grad.any()
@@ -125,21 +124,22 @@ def naive(x1, w, b, c):
 
 def test_reference_matches_naive_loops():
     inputs = [t.detach().double() for t in make_inputs(3, 5, 4, 6, 3)]
-    for out, want in zip(reference(*inputs), naive(*inputs)):
+    for out, want in zip(reference(*inputs, return_attention=True), naive(*inputs)):
         torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
 
 
 def test_public_op_runs_reference_on_cpu_by_default():
     inputs = make_inputs(4, 3, 8, 8, 2)
     with use_backend("auto"):
-        out = hierarchical_aggregation(*inputs)
-    for o, r in zip(out, reference(*inputs)):
+        out = hierarchical_aggregation(*inputs, return_attention=True)
+    for o, r in zip(out, reference(*inputs, return_attention=True)):
         torch.testing.assert_close(o, r)
 
 
 def test_opcheck():
     inputs = make_inputs(11, 7, 16, 8, 3, device=KERNEL_DEVICE)
-    torch.library.opcheck(op_module._forward, tuple(inputs))
+    torch.library.opcheck(op_module._forward, (*inputs, True))
+    torch.library.opcheck(op_module._forward, (*inputs, False))
     detached = [t.detach() for t in inputs]
     grad_u = torch.randn(11, 3, 16, device=KERNEL_DEVICE)
     grad_alpha = torch.randn(11, 3, 7, device=KERNEL_DEVICE)
@@ -153,7 +153,7 @@ def test_torch_compile_fullgraph_forward_backward(use_alpha):
     grad_u, grad_alpha = torch.randn(13, 3, 16), torch.randn(13, 3, 7)
 
     def step(x1, w, b, c):
-        u, alpha = hierarchical_aggregation(x1, w, b, c)
+        u, alpha = hierarchical_aggregation(x1, w, b, c, return_attention=True)
         loss = (u * grad_u.to(u.device)).sum()
         return loss + (alpha * grad_alpha.to(u.device)).sum() if use_alpha else loss
 
@@ -162,7 +162,8 @@ def test_torch_compile_fullgraph_forward_backward(use_alpha):
 
 def shapes(**over):
     """Valid (x1, w, b, c) with some tensors replaced."""
-    base = dict(x1=torch.randn(4, 5, 8), w=torch.randn(3, 8, 6), b=torch.randn(3, 6), c=torch.randn(3, 6))
+    base = dict(x1=torch.randn(4, 5, 8), weight=torch.randn(3, 8, 6), bias=torch.randn(3, 6),
+                context=torch.randn(3, 6))
     base.update(over)
     return base
 
@@ -170,15 +171,15 @@ def shapes(**over):
 @pytest.mark.parametrize("args, error, match", [
     (shapes(x1=torch.randn(4, 5, 7)), ValueError, r"x1 must have shape \[\*, \*, 8\]"),
     (shapes(x1=torch.randn(4, 8)), ValueError, "x1 must have 3 dimensions"),
-    (shapes(w=torch.randn(8, 6)), ValueError, "w must have 3 dimensions"),
-    (shapes(b=torch.randn(3, 5)), ValueError, r"b must have shape \[3, 6\]"),
-    (shapes(c=torch.randn(2, 6)), ValueError, r"c must have shape \[2|3, 6\]"),
-    (shapes(w=torch.randn(0, 8, 6), b=torch.randn(0, 6), c=torch.randn(0, 6)), ValueError,
+    (shapes(weight=torch.randn(8, 6)), ValueError, "weight must have 3 dimensions"),
+    (shapes(bias=torch.randn(3, 5)), ValueError, r"bias must have shape \[3, 6\]"),
+    (shapes(context=torch.randn(2, 6)), ValueError, r"context must have shape \[3, 6\]"),
+    (shapes(weight=torch.randn(0, 8, 6), bias=torch.randn(0, 6), context=torch.randn(0, 6)), ValueError,
      "at least one order"),
     (shapes(x1=torch.randn(4, 0, 8)), ValueError, "at least one field"),
-    (shapes(w=torch.randn(3, 8, 6, dtype=torch.float16)), TypeError, "share one dtype"),
+    (shapes(weight=torch.randn(3, 8, 6, dtype=torch.float16)), TypeError, "share one dtype"),
     (shapes(x1=torch.randint(0, 3, (4, 5, 8))), TypeError, "x1 must have dtype"),
-    (shapes(c=torch.randn(3, 6, device="meta")), ValueError, "same device"),
+    (shapes(context=torch.randn(3, 6, device="meta")), ValueError, "same device"),
 ])
 def test_errors(args, error, match):
     with pytest.raises(error, match=match):
@@ -190,6 +191,18 @@ def test_backward_is_deterministic():
     inputs = make_inputs(37, 7, 16, 16, 3, device=KERNEL_DEVICE)
     grads = (torch.randn(37, 3, 16), torch.randn(37, 3, 7))
     with use_backend("kernel"):
-        first, second = (run(inputs, *grads)[1] for _ in range(2))
+        first, second = (outputs_and_grads(with_attention(hierarchical_aggregation), inputs, grads)[1]
+                         for _ in range(2))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_gradcheck_float64_reference_path():
+    """float64 runs the reference through the public op, so torch.autograd.gradcheck applies."""
+    assert torch.autograd.gradcheck(with_attention(hierarchical_aggregation),
+                                    make_inputs(3, 4, 5, 6, 2, dtype=torch.float64))
+
+
+def test_kernel_backend_rejects_float64():
+    with use_backend("kernel"), pytest.raises(TypeError, match="fused kernels take"):
+        hierarchical_aggregation(**{k: v.double() for k, v in shapes().items()})
