@@ -24,9 +24,12 @@ Generation is vectorised numpy: 200k rows take about a second.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from fastint.data.dataset import Dataset, split_indices
+from fastint.metrics import auc
 from fastint.schema import Field, Schema
 
 VOCABS = (20, 50, 30, 40, 100, 200, 500, 1000, 80, 300)
@@ -92,10 +95,8 @@ def _tables(rng: np.random.Generator) -> dict:
 def make_synthetic(rows: int = DEFAULT_ROWS, seed: int = 0, split_seed: int | None = None) -> Dataset:
     """Generate the synthetic dataset (deterministic in ``seed``), split 8:1:1 by ``split_seed``
     (default ``seed``). ``info["bayes_auc"]`` holds the Bayes-optimal AUC of each split."""
-    if rows < 10:
-        raise ValueError(f"synthetic dataset needs at least 10 rows, got {rows}")
-    from fastint.train.metrics import auc  # local: data does not depend on train at import time
-
+    if not isinstance(rows, numbers.Integral) or rows < 10:
+        raise ValueError(f"synthetic dataset needs an integer number of rows >= 10, got {rows!r}")
     rng = np.random.default_rng(seed)
     tables = _tables(rng)
     cat = np.stack([_zipf_ids(rng, v, rows) for v in VOCABS], axis=1)

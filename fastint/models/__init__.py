@@ -1,7 +1,9 @@
 """The models: thin compositions of ``fastint.nn`` (they never call kernels directly)."""
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import typing
 
 from fastint.models.afm import AFM
 from fastint.models.autoint import AutoInt
@@ -9,22 +11,58 @@ from fastint.models.base import CTRModel
 from fastint.models.interhat import InterHAt
 from fastint.schema import Schema
 
-MODELS: dict[str, type[CTRModel]] = {"autoint": AutoInt, "afm": AFM, "interhat": InterHAt}
+MODELS: dict[str, type[CTRModel]] = {cls.name: cls for cls in (AutoInt, AFM, InterHAt)}
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether ``value`` fits a hyper-parameter annotated ``annotation`` (int, float, bool, str or a
+    sequence of them; an int is a valid float, a bool is not a number); other annotations accept
+    anything."""
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Sequence):
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
+    if annotation in (int, float) and isinstance(value, bool):
+        return False
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _describe(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is not None:
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _model_class(name: str) -> type[CTRModel]:
+    """The class of model ``name`` (case-insensitive); ValueError listing the models if unknown."""
+    if name.lower() not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name.lower()]
+
+
+def check_hyperparameters(name: str, hparams: dict) -> None:
+    """ValueError naming the first entry of ``hparams`` that is not a keyword argument of model
+    ``name``'s constructor or whose value does not fit its annotated type."""
+    cls = _model_class(name)
+    allowed = [p for p in inspect.signature(cls).parameters if p != "schema"]
+    types = typing.get_type_hints(cls.__init__)
+    for key, value in hparams.items():
+        if key not in allowed:
+            raise ValueError(f"no hyper-parameter {key!r} (it has {', '.join(allowed)})")
+        if not _accepts(types.get(key), value):
+            raise ValueError(f"hyper-parameter {key} must be {_describe(types[key])}, "
+                             f"got {value!r} ({type(value).__name__})")
 
 
 def build_model(name: str, schema: Schema, **hparams) -> CTRModel:
-    """Build model ``name`` (``autoint``, ``afm``, ``interhat``) for ``schema``; ``hparams`` go to its
-    constructor and are kept in ``model.config`` (with the name) so a checkpoint can rebuild it."""
-    key = name.lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    try:
-        inspect.signature(MODELS[key]).bind(schema, **hparams)
-    except TypeError as err:
-        raise ValueError(f"bad hyper-parameters for {key}: {err}") from None
-    model = MODELS[key](schema, **hparams)
-    model.config = {"name": key, **hparams}
-    return model
+    """Build model ``name`` (a key of ``MODELS``: ``autoint``, ``afm``, ``interhat``) for ``schema``
+    with the constructor's keyword ``hparams`` (checked by ``check_hyperparameters``). Every model
+    records its ``config``, which rebuilds it: ``build_model(schema=schema, **model.config)``."""
+    check_hyperparameters(name, hparams)
+    return _model_class(name)(schema, **hparams)
 
 
-__all__ = ["AFM", "AutoInt", "CTRModel", "InterHAt", "MODELS", "build_model"]
+__all__ = ["AFM", "AutoInt", "CTRModel", "InterHAt", "MODELS", "build_model", "check_hyperparameters"]

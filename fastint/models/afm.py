@@ -19,6 +19,8 @@ from fastint.schema import Batch, Schema
 
 
 class AFM(CTRModel):
+    name = "afm"
+
     def __init__(self, schema: Schema, *, embed_dim: int = 16, attention_dim: int = 16,
                  use_attention: bool = True, dropout: float = 0.0, l2_attention: float = 0.0,
                  task: str = "binary", sparse: bool = False):

@@ -22,6 +22,8 @@ from fastint.schema import Batch, Schema
 
 
 class AutoInt(CTRModel):
+    name = "autoint"
+
     def __init__(self, schema: Schema, *, embed_dim: int = 16, num_layers: int = 3, num_heads: int = 2,
                  head_dim: int = 8, variant: str = "tf", dnn_hidden_units: Sequence[int] = (),
                  dnn_dropout: float = 0.0, task: str = "binary", sparse: bool = False):

@@ -8,18 +8,26 @@
 ``fastint train`` with no arguments trains AutoInt on the built-in synthetic dataset and prints
 valid/test AUC and logloss next to the dataset's Bayes-optimal AUC, the throughput, and writes the run
 (``config.json``, ``metrics.json``, ``checkpoints/``, attention heatmaps) to ``runs/<model>-<dataset>``.
+Models without an ``explain`` method are trained alike, without heatmaps.
 
 Settings come from defaults < ``--config`` (YAML or JSON) < command-line flags. A config file holds
 ``model``, ``model_params`` (dict), ``dataset``, ``data_path``, ``data_options`` (dict), ``cache_dir``,
-``out`` and ``train`` (dict of ``TrainConfig`` fields). Errors in the input (paths, configs, options)
-print one line ``fastint: error: ...`` on stderr and exit with status 2 (``FASTINT_DEBUG=1`` shows
-the traceback).
+``out`` and ``train`` (dict of ``TrainConfig`` fields). ``--param`` / ``--data-option`` values are
+YAML (``8``, ``0.1``, ``1e-4``, ``[64, 32]``, ``true``, ``tf``).
+
+Errors: the user's mistakes (flags, option values, unknown model/dataset/hyper-parameter, a value of
+the wrong type, missing or malformed files and configs) are raised as ``UsageError`` where the input
+is parsed or applied, and print one line ``fastint: error: ...`` on stderr with exit status 2
+(``FASTINT_DEBUG=1``: the traceback instead). Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pickle
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -30,17 +38,32 @@ import yaml
 
 from fastint.data import DATASETS, Dataset, load_dataset
 from fastint.data.loader import BatchLoader
-from fastint.train.metrics import compute_metrics
+from fastint.metrics import compute_metrics
+from fastint.models import MODELS, CTRModel, build_model, check_hyperparameters
 from fastint.train.trainer import OPTIMIZERS, TrainConfig, Trainer, init_distributed, predict, resolve_device
 
 DEFAULTS = {"model": "autoint", "model_params": {}, "dataset": "synthetic", "data_path": None,
             "data_options": {}, "cache_dir": None, "out": None, "train": {}}
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_clip", "amp", "metric",
                "patience", "seed", "device", "prefetch", "checkpoint_every", "stop_after_steps", "threads")
+# what reading a checkpoint the user points at raises when it is missing, truncated or not one
+CHECKPOINT_ERRORS = (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError)
 
 
 class UsageError(Exception):
-    """A bad command line, path or configuration: reported as one line, exit status 2."""
+    """A bad command line, path, option value or configuration: reported as one line, exit status 2."""
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException], context: str = ""):
+    """Re-raise the ``kinds`` of exceptions raised in the block, which applies the user's input, as
+    a one-line UsageError ``context: message``."""
+    try:
+        yield
+    except kinds as err:
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        message = message or type(err).__name__
+        raise UsageError(f"{context}: {message}" if context else message) from err
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,9 +71,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def build_model(name: str, schema, params: dict):
-    from fastint.models import build_model as build
-    return build(name, schema, **params)
+class YAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent numbers without a dot (``1e-4``) as floats, as
+    YAML 1.2 and JSON do (PyYAML follows YAML 1.1, where they are strings)."""
+
+
+YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict:
@@ -59,16 +86,17 @@ def _key_values(items: list[str] | None, flag: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
+        with user_errors(yaml.YAMLError, context=f"{flag} {item!r} is not a YAML value"):
+            out[key.replace("-", "_")] = yaml.load(value, Loader=YAMLLoader)
     return out
 
 
 def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise UsageError(f"config file not found: {path}")
-    with open(path) as f:
+    with user_errors(OSError, context=f"cannot read config {path}"), open(path) as f:
         try:
-            cfg = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            cfg = json.load(f) if path.endswith(".json") else yaml.load(f, Loader=YAMLLoader)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
             raise UsageError(f"cannot parse config {path}: {str(err).splitlines()[0]}") from None
     if cfg is None:
@@ -78,14 +106,17 @@ def load_config_file(path: str) -> dict:
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
-    for key in ("model_params", "data_options", "train"):
-        if not isinstance(cfg.get(key, {}), dict):
-            raise UsageError(f"config {path}: {key} must be a mapping")
+    for key, value in cfg.items():
+        expected = dict if isinstance(DEFAULTS[key], dict) else str
+        if not isinstance(value, expected) and not (value is None and DEFAULTS[key] is None):
+            raise UsageError(f"config {path}: {key} must be a {'mapping' if expected is dict else 'string'}, "
+                             f"got {value!r}")
     return cfg
 
 
 def resolve_run_config(args) -> dict:
-    """Defaults < config file < flags."""
+    """Defaults < config file < flags; the model, its hyper-parameters, the dataset and the paths are
+    checked here, before any data is read."""
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     if args.config:
         for k, v in load_config_file(args.config).items():
@@ -100,6 +131,11 @@ def resolve_run_config(args) -> dict:
     cfg["train"].update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_progress:
         cfg["train"]["progress"] = False
+    cfg["model"] = cfg["model"].lower()
+    if cfg["model"] not in MODELS:
+        raise UsageError(f"unknown model {cfg['model']!r}; choose from {', '.join(MODELS)}")
+    with user_errors(ValueError, context=f"model {cfg['model']}"):
+        check_hyperparameters(cfg["model"], cfg["model_params"])
     if cfg["dataset"] not in DATASETS:
         raise UsageError(f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}")
     if cfg["dataset"] != "synthetic" and not cfg["data_path"]:
@@ -110,9 +146,24 @@ def resolve_run_config(args) -> dict:
     return cfg
 
 
-def open_dataset(cfg: dict, progress: bool = True) -> Dataset:
-    return load_dataset(cfg["dataset"], cfg["data_path"], cache_dir=cfg["cache_dir"],
-                        seed=int(cfg["train"].get("seed", 0)), progress=progress, **cfg["data_options"])
+def open_dataset(cfg: dict, seed: int, progress: bool = True) -> Dataset:
+    """The run's dataset; what reading the user's data with the user's options raises is a UsageError."""
+    with user_errors(ValueError, TypeError, KeyError, OSError, context=f"dataset {cfg['dataset']}"):
+        return load_dataset(cfg["dataset"], cfg["data_path"], cache_dir=cfg["cache_dir"], seed=seed,
+                            progress=progress, **cfg["data_options"])
+
+
+def build_run_model(config: dict, schema) -> CTRModel:
+    """``build_model(schema=schema, **config)`` (``config`` = name + hyper-parameters); a value the
+    model rejects is a UsageError."""
+    with user_errors(ValueError, context=f"model {config['name']}"):
+        return build_model(schema=schema, **config)
+
+
+def output_dir(path: str) -> str:
+    with user_errors(OSError, context=f"cannot create directory {path}"):
+        os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _fmt(metrics: dict) -> str:
@@ -126,23 +177,28 @@ def _write_json(path: str, obj) -> None:
 
 def cmd_train(args) -> int:
     cfg = resolve_run_config(args)
-    train_cfg = TrainConfig.from_dict(cfg["train"])
-    rank, world, _ = init_distributed(resolve_device(train_cfg.device))
+    with user_errors(ValueError):
+        train_cfg = TrainConfig.from_dict(cfg["train"])
+        device = resolve_device(train_cfg.device)
+    rank, world, _ = init_distributed(device)
     if world > 1 and rank != 0:
         dist.barrier()  # rank 0 preprocesses (fills the cache) first
-    data = open_dataset(cfg, train_cfg.progress and rank == 0)
+    data = open_dataset(cfg, train_cfg.seed, train_cfg.progress and rank == 0)
     if world > 1 and rank == 0:
         dist.barrier()
-    model = build_model(cfg["model"], data.schema, cfg["model_params"])
+    model = build_run_model({"name": cfg["model"], **cfg["model_params"]}, data.schema)
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"dataset {cfg['dataset']}: {len(data):,} rows ({data.split_size('train'):,} train), "
         f"{data.schema.num_fields} fields, positive rate {data.info.get('positive_rate', float('nan')):.3f}")
     say(f"model {cfg['model']}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if rank == 0:
-        os.makedirs(cfg["out"], exist_ok=True)
-        _write_json(os.path.join(cfg["out"], "config.json"), {**cfg, "train": asdict(train_cfg)})
-    trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
-    result = trainer.fit(resume=args.resume)
+        _write_json(os.path.join(output_dir(cfg["out"]), "config.json"), {**cfg, "train": asdict(train_cfg)})
+    with user_errors(ValueError):  # option combinations the trainer rejects (e.g. sparse_adam, dense model)
+        trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
+    if args.resume:
+        with user_errors(*CHECKPOINT_ERRORS, context=f"cannot resume from {args.resume}"):
+            trainer.load_checkpoint(args.resume)
+    result = trainer.fit()
     if world > 1:
         dist.destroy_process_group()
     if result["interrupted"]:
@@ -151,7 +207,7 @@ def cmd_train(args) -> int:
         return 0
     if rank != 0:
         return 0
-    bayes = data.info.get("bayes_auc") if getattr(model, "task", "binary") == "binary" else None
+    bayes = data.info.get("bayes_auc") if model.task == "binary" else None
     summary = {**result, "device": str(trainer.device), "bayes_auc": bayes}
     say(f"valid: {_fmt(result['valid'])}")
     say(f"test:  {_fmt(result['test'])}")
@@ -165,25 +221,31 @@ def cmd_train(args) -> int:
         loader = BatchLoader(data, "test", 1024, shuffle=False, device=trainer.device)
         written = explain_to_files(model, loader, cfg["out"])
         say("wrote " + ", ".join(written))
+    else:
+        say(f"model {cfg['model']} has no explain(): no attention heatmaps")
     return 0
 
 
-def load_run(run_dir: str, device: str) -> tuple[dict, Dataset, torch.nn.Module, torch.device]:
-    """Config, dataset, model (best weights) and device of a finished run directory."""
+def load_run(run_dir: str, device: str) -> tuple[dict, Dataset, CTRModel, torch.device]:
+    """Config, dataset, model (rebuilt from the checkpoint's ``model_config``, best weights) and
+    device of a finished run directory."""
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise UsageError(f"{run_dir} is not a run directory (no config.json)")
-    with open(cfg_path) as f:
+    with user_errors(OSError, ValueError, context=f"cannot read {cfg_path}"), open(cfg_path) as f:
         cfg = json.load(f)
     ckpt_path = next((os.path.join(run_dir, "checkpoints", n) for n in ("best.pt", "last.pt")
                       if os.path.isfile(os.path.join(run_dir, "checkpoints", n))), None)
     if ckpt_path is None:
         raise UsageError(f"{run_dir} has no checkpoint (checkpoints/best.pt or last.pt)")
-    data = open_dataset(cfg, progress=False)
-    model = build_model(cfg["model"], data.schema, cfg["model_params"])
-    dev = resolve_device(device)
-    ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    with user_errors(ValueError):
+        dev = resolve_device(device)
+    with user_errors(*CHECKPOINT_ERRORS, context=f"cannot read checkpoint {ckpt_path}"):
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model_config, weights = ckpt["model_config"], ckpt["model"]
+    data = open_dataset(cfg, cfg["train"]["seed"], progress=False)
+    model = build_run_model(model_config, data.schema)
+    model.load_state_dict(weights)
     return cfg, data, model.to(dev), dev
 
 
@@ -193,23 +255,27 @@ def cmd_evaluate(args) -> int:
     results = {}
     for split in splits:
         labels, scores = predict(model, data, split, device=dev)
-        results[split] = compute_metrics(getattr(model, "task", "binary"), labels, scores)
+        results[split] = compute_metrics(model.task, labels, scores)
         print(f"{split}: {_fmt(results[split])}")
-    bayes = data.info.get("bayes_auc") if getattr(model, "task", "binary") == "binary" else None
+    bayes = data.info.get("bayes_auc") if model.task == "binary" else None
     if bayes:
         print("Bayes-optimal AUC: " + "  ".join(f"{s} {bayes[s]:.4f}" for s in splits))
     if args.json:
-        _write_json(args.json, results)
+        with user_errors(OSError, context=f"cannot write {args.json}"):
+            _write_json(args.json, results)
     return 0
 
 
 def cmd_explain(args) -> int:
     from fastint.train.explain import explain_to_files
-    _, data, model, dev = load_run(args.run_dir, args.device)
     if args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    _, data, model, dev = load_run(args.run_dir, args.device)
+    if not hasattr(model, "explain"):
+        explained = ", ".join(name for name, cls in MODELS.items() if hasattr(cls, "explain"))
+        raise UsageError(f"model {model.name} has no explanation (models with one: {explained})")
     loader = BatchLoader(data, args.split, min(1024, args.samples), shuffle=False, device=dev)
-    for path in explain_to_files(model, loader, args.out or args.run_dir, args.samples):
+    for path in explain_to_files(model, loader, output_dir(args.out or args.run_dir), args.samples):
         print(f"wrote {path}")
     return 0
 
@@ -222,12 +288,14 @@ def default_bench_dir() -> str:
 
 
 def cmd_bench(args) -> int:
-    from fastint.train.bench_report import to_markdown
+    """``pytest bench/ --benchmark-only --benchmark-json=...`` (the JSON stays for tooling), then the
+    markdown tables of ``fastint.bench_report``."""
+    from fastint.bench_report import to_markdown
     bench_dir = args.bench_dir or default_bench_dir()
     if not os.path.isdir(bench_dir):
         raise UsageError(f"benchmark directory not found: {bench_dir}")
-    json_path = args.json or os.path.join("runs", "bench.json")
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    json_path = os.path.abspath(args.json or os.path.join("runs", "bench.json"))
+    output_dir(os.path.dirname(json_path))
     cmd = [sys.executable, "-m", "pytest", bench_dir, "--benchmark-only", f"--benchmark-json={json_path}",
            "-q", "-p", "no:cacheprovider"] + (["-k", args.k] if args.k else [])
     code = subprocess.call(cmd, cwd=os.path.dirname(os.path.abspath(bench_dir)))
@@ -240,10 +308,10 @@ def cmd_bench(args) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fastint", description="Train, evaluate, explain and benchmark fastint CTR models.")
-    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND", required=True)
     t = sub.add_parser("train", help="train a model (default: AutoInt on the synthetic dataset)",
                        description="Train a model; settings: defaults < --config < flags.")
-    t.add_argument("--model", help="autoint | afm | interhat (default autoint)")
+    t.add_argument("--model", help=f"{' | '.join(MODELS)} (default autoint)")
     t.add_argument("--dataset", help=f"{' | '.join(DATASETS)} (default synthetic)")
     t.add_argument("--data-path", help="input file (directory for MovieLens .dat)")
     t.add_argument("--cache-dir", help="preprocessed dataset cache (default $FASTINT_CACHE or ~/.cache/fastint)")
@@ -298,18 +366,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv or ["train"])
-        if args.command is None:
-            raise UsageError("fastint: a command is needed: train, evaluate, explain or bench (see --help)")
+        args = make_parser().parse_args(argv or ["train"])
         return args.func(args)
-    except (UsageError, ValueError, OSError, KeyError, yaml.YAMLError) as err:
-        if os.environ.get("FASTINT_DEBUG"):
+    except UsageError as err:
+        if os.environ.get("FASTINT_DEBUG", "") not in ("", "0"):
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"fastint: error: {message}", file=sys.stderr)
+        print(f"fastint: error: {err}", file=sys.stderr)
         return 2
 
 

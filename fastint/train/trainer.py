@@ -11,9 +11,11 @@
 * Early stopping: after every epoch the ``valid`` split is evaluated; the monitored metric
   (``auc`` / ``logloss`` / ``rmse``) that has not improved for ``patience`` epochs stops training;
   the best weights (``best.pt``, or an in-memory copy without ``out_dir``) are restored at the end.
-* Checkpoints (``<out>/checkpoints/last.pt``; ``best.pt`` holds the best weights): model, optimizer,
-  torch/numpy/python(/CUDA) RNG, loader position, step and early-stopping state — ``fit(resume=...)``
-  continues bit-exactly (same final weights as an uninterrupted run, on the same device).
+* Checkpoints (``<out>/checkpoints/last.pt``; ``best.pt`` holds the best weights): model weights and
+  ``model_config`` (the model's ``config``: ``build_model(schema=..., **model_config)`` rebuilds it),
+  optimizer, torch/numpy/python(/CUDA) RNG, loader position, step and early-stopping state —
+  ``fit(resume=...)`` continues bit-exactly (same final weights as an uninterrupted run, on the same
+  device).
 * Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (nccl on
   CUDA, gloo on CPU), the model wrapped in DDP, each rank reads its shard of every epoch
   (``batch_size`` is per rank: the global batch is ``batch_size * world_size``); every rank
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 
 from fastint.data.dataset import Dataset
 from fastint.data.loader import BatchLoader
-from fastint.train.metrics import HIGHER_IS_BETTER, compute_metrics
+from fastint.metrics import HIGHER_IS_BETTER, compute_metrics
 
 OPTIMIZERS = ("adam", "adamw", "sparse_adam")
 
@@ -63,6 +65,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # the type of each default; an int is a valid float
+            value, kind = getattr(self, f.name), type(f.default)
+            if not isinstance(value, (int, float) if kind is float else kind):
+                raise ValueError(f"training option {f.name} must be {kind.__name__}, got {value!r}")
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "eval_batch_size": self.eval_batch_size >= 1, "lr": self.lr > 0,
@@ -89,7 +95,10 @@ class TrainConfig:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device

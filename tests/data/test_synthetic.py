@@ -1,8 +1,9 @@
 """The synthetic default dataset: deterministic, well-formed, and its Bayes AUC is what it claims."""
 import numpy as np
+import pytest
 
 from fastint.data.synthetic import TAG_LEN, VOCABS, _tables, make_synthetic, synthetic_schema, true_logit
-from fastint.train.metrics import auc
+from fastint.metrics import auc
 
 
 def test_deterministic_by_seed():
@@ -42,3 +43,13 @@ def test_probabilities_follow_the_planted_logit_and_bayes_auc_is_exact():
     # The planted signal is strong but not trivial.
     assert 0.82 < d.info["bayes_auc"]["test"] < 0.92
     assert 0.2 < d.info["positive_rate"] < 0.45
+
+
+@pytest.mark.parametrize("rows", ["3000", 9, 3000.0])
+def test_rows_must_be_an_integer_of_at_least_ten(rows):
+    with pytest.raises(ValueError, match=f"needs an integer number of rows >= 10, got {rows!r}"):
+        make_synthetic(rows)
+
+
+def test_rows_may_be_a_numpy_integer():
+    assert len(make_synthetic(np.int64(10))) == 10

@@ -1,10 +1,11 @@
 """Models: kernel path == reference path (loss and every gradient), batch independence, state_dict
-round trip, explanations, and learning a planted pairwise interaction."""
+round trip, the recorded ``config`` rebuilding a model however it was built, hyper-parameter checks
+(names and types), explanations, and learning a planted pairwise interaction."""
 import pytest
 import torch
 
 from fastint import Batch, Field, Schema, use_backend
-from fastint.models import MODELS, build_model
+from fastint.models import AFM, MODELS, AutoInt, InterHAt, build_model, check_hyperparameters
 from tests.helpers import KERNEL_DEVICE
 
 SCHEMA = Schema((
@@ -73,7 +74,44 @@ def test_state_dict_round_trip(name):
     assert not torch.allclose(model(batch), clone(batch))
     clone.load_state_dict(model.state_dict())
     torch.testing.assert_close(model(batch), clone(batch))
-    assert model.config == {"name": name, **SMALL[name]}
+
+
+def test_config_holds_every_hyperparameter_with_defaults():
+    assert AutoInt(SCHEMA, embed_dim=8).config == {
+        "name": "autoint", "embed_dim": 8, "num_layers": 3, "num_heads": 2, "head_dim": 8, "variant": "tf",
+        "dnn_hidden_units": (), "dnn_dropout": 0.0, "task": "binary", "sparse": False}
+    assert build_model("AFM", SCHEMA, dropout=0).config == {
+        "name": "afm", "embed_dim": 16, "attention_dim": 16, "use_attention": True, "dropout": 0,
+        "l2_attention": 0.0, "task": "binary", "sparse": False}
+
+
+# non-default sizes: a rebuild that lost one of them would not accept the state_dict
+DIRECT = {"autoint": lambda: AutoInt(SCHEMA, embed_dim=4, num_layers=1, head_dim=4, dnn_hidden_units=(8,)),
+          "afm": lambda: AFM(SCHEMA, embed_dim=4, attention_dim=3),
+          "interhat": lambda: InterHAt(SCHEMA, embed_dim=8, attention_dim=4, num_heads=2, num_orders=2)}
+
+
+@pytest.mark.parametrize("name", sorted(DIRECT))
+def test_directly_built_model_rebuilds_from_its_config(name):
+    model = DIRECT[name]().eval()
+    assert model.config["name"] == name
+    config = dict(model.config)
+    clone = build_model(config.pop("name"), SCHEMA, **config).eval()
+    batch = random_batch(6)
+    assert not torch.allclose(model(batch), clone(batch))
+    clone.load_state_dict(model.state_dict())
+    assert torch.equal(model(batch), clone(batch)) and clone.config == model.config
+
+
+def test_subclass_records_its_own_hyperparameters():
+    class Narrow(AutoInt):
+        name = "narrow"
+
+        def __init__(self, schema, *, width: int = 2):
+            super().__init__(schema, embed_dim=width, head_dim=width)
+
+    assert Narrow(SCHEMA).config == {"name": "narrow", "width": 2}
+    assert Narrow(SCHEMA, width=4).config == {"name": "narrow", "width": 4}
 
 
 def test_explanations_are_distributions():
@@ -95,10 +133,33 @@ def test_explanations_are_distributions():
 def test_build_model_errors():
     with pytest.raises(ValueError, match="unknown model 'fm2'"):
         build_model("fm2", SCHEMA)
-    with pytest.raises(ValueError, match="bad hyper-parameters for autoint"):
-        build_model("autoint", SCHEMA, heads=3)
     with pytest.raises(ValueError, match="task"):
         build_model("afm", SCHEMA, task="ranking")
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"heads": 3}, r"no hyper-parameter 'heads' \(it has embed_dim, num_layers, "),
+    ({"embed_dim": "8"}, r"hyper-parameter embed_dim must be int, got '8' \(str\)"),
+    ({"num_heads": True}, "hyper-parameter num_heads must be int, got True"),
+    ({"num_heads": 2.0}, "hyper-parameter num_heads must be int, got 2.0"),
+    ({"dnn_dropout": "0.1"}, "hyper-parameter dnn_dropout must be float"),
+    ({"dnn_hidden_units": 16}, "hyper-parameter dnn_hidden_units must be a list of int, got 16"),
+    ({"dnn_hidden_units": [16, "8"]}, "must be a list of int"),
+    ({"variant": 1}, "hyper-parameter variant must be str"),
+])
+def test_hyperparameters_are_checked_by_name_and_type(hparams, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("autoint", SCHEMA, **hparams)
+
+
+def test_schema_is_not_a_hyperparameter():
+    with pytest.raises(ValueError, match="no hyper-parameter 'schema'"):
+        check_hyperparameters("afm", {"schema": SCHEMA})
+
+
+def test_hyperparameter_values_of_the_right_type_pass():
+    model = build_model("autoint", SCHEMA, embed_dim=8, dnn_dropout=0, dnn_hidden_units=[16, 8])
+    assert model.config["dnn_hidden_units"] == [16, 8] and model.dnn is not None
 
 
 def planted_data(n: int, generator: torch.Generator) -> Batch:

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fastint.data.synthetic import make_synthetic
-from fastint.train.trainer import TrainConfig, Trainer
+from fastint.train.trainer import TrainConfig, Trainer, resolve_device
 from fastint.models import build_model
 
 # small models; dropout where the model has it, so the resume test also covers the RNG state
@@ -103,6 +103,13 @@ def test_config_validation():
         TrainConfig.from_dict({"epochz": 1})
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="training option epochs must be int, got '3'"):
+        TrainConfig.from_dict({"epochs": "3"})
+    with pytest.raises(ValueError, match="training option progress must be bool, got 1"):
+        TrainConfig(progress=1)
+    assert TrainConfig(lr=1).lr == 1  # an int is a valid float
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:

@@ -1,4 +1,5 @@
-"""Evaluation metrics in float64 numpy (no scikit-learn dependency).
+"""Evaluation metrics in float64 numpy (no scikit-learn dependency), used by ``fastint.data`` (the
+synthetic dataset's Bayes-optimal AUC) and ``fastint.train`` (evaluation, early stopping).
 
 * ``auc``: exact ROC AUC by ranks (Mann-Whitney U), ties get their average rank, so a tied
   positive/negative pair counts 1/2: ``AUC = (sum of positive ranks - P (P + 1) / 2) / (P N)``.

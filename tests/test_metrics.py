@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from fastint.train.metrics import auc, compute_metrics, logloss, logloss_from_prob, rmse
+from fastint.metrics import auc, compute_metrics, logloss, logloss_from_prob, rmse
 
 
 def test_auc_hand_computed_with_ties():
