@@ -6,4 +6,4 @@ from fastint._backend import current_backend, use_backend
 from fastint.schema import Batch, Field, Schema
 
 __all__ = ["Batch", "Field", "Schema", "current_backend", "use_backend"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
