@@ -109,27 +109,33 @@ def persistent_programs(num_tiles: int, target: Target, per_sm: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     """One kernel launch, fully determined before launching: ``kernel[grid](*args, **meta,
-    num_warps=..., num_stages=...)``. ``meta`` holds the kernel's constexpr arguments (tile sizes,
-    presence flags, ``PRECISION``); ``num_stages`` ``None`` keeps Triton's default pipelining."""
+    num_warps=..., num_stages=..., maxnreg=...)``. ``meta`` holds the kernel's constexpr arguments
+    (tile sizes, presence flags, ``PRECISION``); ``num_stages`` ``None`` keeps Triton's default
+    pipelining, ``maxnreg`` ``None`` leaves the register count to ptxas."""
     kernel: triton.JITFunction
     grid: tuple[int, ...]
     meta: Mapping[str, int | bool | str]
     num_warps: int
     num_stages: int | None = None
+    maxnreg: int | None = None
+
+    def compile_options(self) -> dict[str, int]:
+        """The launch's compiler options (``num_warps`` and the ones that are set)."""
+        options = {"num_warps": self.num_warps}
+        for name in ("num_stages", "maxnreg"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        return options
 
     def launch(self, *args) -> None:
         """Launch ``kernel`` on the runtime arguments ``args`` (tensors and scalars, in order)."""
-        options = {"num_warps": self.num_warps}
-        if self.num_stages is not None:
-            options["num_stages"] = self.num_stages
-        self.kernel[self.grid](*args, **self.meta, **options)
+        self.kernel[self.grid](*args, **self.meta, **self.compile_options())
 
     def describe(self) -> str:
-        """One line for logs and tables: kernel name, grid, warps, stages and the meta-parameters."""
+        """One line for logs and tables: kernel name, grid, compiler options and meta-parameters."""
+        options = " ".join(f"{k}={v}" for k, v in self.compile_options().items())
         meta = " ".join(f"{k}={v}" for k, v in self.meta.items())
-        stages = "default" if self.num_stages is None else self.num_stages
-        return (f"{self.kernel.__name__} grid={self.grid} num_warps={self.num_warps} "
-                f"num_stages={stages} {meta}")
+        return f"{self.kernel.__name__} grid={self.grid} {options} {meta}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,13 +115,13 @@ def _hierarchical_aggregation_fwd_kernel(
     offs_m = tl.arange(0, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     field_mask = offs_m < M
-    x1, _, _, mask_u, mask_alpha = _load_samples(x1_ptr, row0, B, M, d, SAMPLES, M_PAD, D_PAD)
+    x1, offs, mask, mask_u, mask_alpha = _load_samples(x1_ptr, row0, B, M, d, SAMPLES, M_PAD, D_PAD)
     u_ptr += row0 * (K * d)
     alpha_ptr += row0 * (K * M)
     P = tl.full([SAMPLES, D_PAD], 1.0, tl.float32)
     for i in range(K):
-        _, _, _, _, alpha, u = _order(x1, P, i, w_ptr, b_ptr, c_ptr, d, a, field_mask, SAMPLES, M_PAD,
-                                      D_PAD, A_PAD, PRECISION)
+        X, w, ctx, H, alpha, u = _order(x1, P, i, w_ptr, b_ptr, c_ptr, d, a, field_mask, SAMPLES, M_PAD,
+                                        D_PAD, A_PAD, PRECISION)
         tl.store(u_ptr + offs_s[:, None] * (K * d) + i * d + offs_d[None, :],
                  u.to(u_ptr.dtype.element_ty), mask=mask_u)
         if STORE_ALPHA:
@@ -169,7 +169,7 @@ def _hierarchical_aggregation_bwd_kernel(
         for j in range(K):
             i = K - 1 - j
             P = 1.0 + tl.sum(tl.where(offs_k[None, :, None] < i, U, 0.0), axis=1)
-            X, w, ctx, H, alpha, _ = _order(x1, P, i, w_ptr, b_ptr, c_ptr, d, a, field_mask, SAMPLES,
+            X, w, ctx, H, alpha, u = _order(x1, P, i, w_ptr, b_ptr, c_ptr, d, a, field_mask, SAMPLES,
                                             M_PAD, D_PAD, A_PAD, PRECISION)
             gu = G
             if HAS_GU:
