@@ -84,11 +84,20 @@ def next_pow2(n: int, floor: int = 16) -> int:
 
 def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` of fp32 ``tl.dot``: ``"tf32"`` when
-    ``torch.backends.cuda.matmul.allow_tf32`` is set (as for torch's matmuls), else ``"ieee"``.
-    Half-precision dots ignore it (their products are exact in fp32)."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
+    ``torch.backends.cuda.matmul.allow_tf32`` is set (as for torch's matmuls), else ``"tf32x3"``:
+    three TF32 tensor-core products per dot (``hi*hi + hi*lo + lo*hi``), fp32 accumulation, about
+    5e-7 relative error per product, instead of ``"ieee"`` FMA loops that hold whole operands in
+    registers and spill (static audit). Half-precision dots ignore it (exact products)."""
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
     return "ieee"
+
+
+def register_cap(num_warps: int) -> int:
+    """``maxnreg`` for a program of ``num_warps`` warps: the most registers per thread (at most
+    255) with which one program still fits an SM's 64K registers. Without a cap ptxas sometimes
+    settles for 32 registers and spills kilobytes per thread (static audit)."""
+    return min(255, 65536 // (32 * num_warps))
 
 
 def interpreter_samples(batch: int, cap: int = 64) -> int:

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from fastint.kernels._common import (LaunchConfig, Target, accumulate_slot, contiguous, dot_precision,
                                      next_pow2, partial_slots, persistent_programs, reduce_partials,
-                                     split_dot, target_of)
+                                     register_cap, split_dot, target_of)
 
 _FORWARD_PROGRAMS_PER_SM = 16  # no partial buffers: enough programs in flight to hide latency
 _BACKWARD_PROGRAMS_PER_SM = 4  # each owns a [K_PAD, T_PAD] fp32 weight-gradient partial
@@ -203,9 +203,10 @@ def launch_config(batch: int, fields: int, dim: int, attention_dim: int, num_pai
     The grid is capped (``persistent_programs``: 16 programs per SM forward, 4 backward); each
     program loops over its ``samples_per_program`` samples (a runtime argument: the batch size
     does not recompile). On a GPU: 64 pairs per tile forward, 32 backward, halved for wide rows
-    (k >= 128, or k >= 64 in fp32, whose ieee dots run on FMA units and hold more registers);
-    hidden chunks of 64 (32 for fp32 with k >= 128). Interpreter: one tile of up to 256 pairs,
-    chunks of 16 (so that tests with ``t >= 32`` exercise the chunk loop)."""
+    (k >= 128, or k >= 64 in fp32, whose split dots hold more registers); hidden chunks of 64
+    (32 for k >= 64); the backward without pipelining (its loop-invariant loads gain nothing from
+    it) and every launch with ``register_cap``. Interpreter: one tile of up to 256 pairs, chunks
+    of 16 (so that tests with ``t >= 32`` exercise the chunk loop)."""
     k_pad, t_pad = next_pow2(dim), next_pow2(attention_dim)
     per_sm = _BACKWARD_PROGRAMS_PER_SM if backward else _FORWARD_PROGRAMS_PER_SM
     programs = persistent_programs(batch, target, per_sm)
@@ -215,16 +216,17 @@ def launch_config(batch: int, fields: int, dim: int, attention_dim: int, num_pai
         fp32 = dtype == torch.float32
         wide = k_pad >= 128 or (fp32 and k_pad >= 64)
         pair_block = min((32 if backward else 64) // (2 if wide else 1), next_pow2(num_pairs))
-        t_block = min(t_pad, 32 if fp32 and k_pad >= 128 else 64)
+        t_block = min(t_pad, 32 if k_pad >= 64 else 64)
         num_warps = 8 if k_pad >= 128 else 4
     meta = dict(PAIR_BLOCK=pair_block, K_PAD=k_pad, T_PAD=t_pad, T_BLOCK=t_block,
                 PRECISION=dot_precision(dtype))
     if backward:
         return LaunchConfig(_afm_pooling_bwd_kernel, (programs,),
                             {**meta, "M_PAD": next_pow2(fields), "HAS_G": "pooled" in grads,
-                             "HAS_GA": "attention" in grads}, num_warps)
+                             "HAS_GA": "attention" in grads}, num_warps, num_stages=1,
+                            maxnreg=register_cap(num_warps))
     return LaunchConfig(_afm_pooling_fwd_kernel, (programs,), {**meta, "RETURN_SCORES": return_attention},
-                        num_warps)
+                        num_warps, maxnreg=register_cap(num_warps))
 
 
 # ----------------------------------------------------------------------------------------------

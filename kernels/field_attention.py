@@ -46,7 +46,8 @@ import triton.language as tl
 
 from fastint.kernels._common import (LaunchConfig, Target, accumulate_slot, contiguous, dot_precision,
                                      interpreter_samples, masked_softmax, mm, next_pow2, or_dummy,
-                                     partial_slots, persistent_programs, reduce_partials, target_of)
+                                     partial_slots, persistent_programs, reduce_partials, register_cap,
+                                     target_of)
 from fastint.options import FieldAttentionOptions
 
 
@@ -346,7 +347,7 @@ def _field_attention_bwd_kernel(
         elif RESIDUAL == 1:
             # scatter head columns back to x's columns: dZ @ E with E[h*DH_PAD + j, h*dh + j] = 1
             select = (cols[:, None] == offs_d[None, :]) & col_mask[:, None]
-            dx += tl.dot(dz, select.to(tl.float32), input_precision="ieee")
+            dx += tl.dot(dz, select.to(tl.float32), input_precision="tf32x3")
         if LAYER_NORM != 0:
             if HAS_LNW:
                 accumulate_slot(dlnw_ptr + dv_slot, dgamma)
@@ -372,15 +373,17 @@ def padded_sizes(fields: int, dim: int, num_heads: int, head_dim: int) -> dict[s
             "H_PAD": triton.next_power_of_2(num_heads), "DH_PAD": next_pow2(head_dim)}
 
 
-def _samples_and_warps(batch: int, pads: dict[str, int], target: Target, backward: bool) -> tuple[int, int]:
-    """GPU: about 128 rows (``SAMPLES * M_PAD``) per program in the forward, 64 in the backward
-    (which holds ~3x more live tiles), at least one sample; warps so that the largest fp32 tile
-    (rows x width, or the scores ``[SAMPLES*H_PAD, M_PAD, M_PAD]``) is about 64 values per
-    thread, 4..16 warps. Interpreter: a handful of large programs."""
+def _samples_and_warps(batch: int, pads: dict[str, int], dtype: torch.dtype, target: Target,
+                       backward: bool) -> tuple[int, int]:
+    """GPU: about 128 rows (``SAMPLES * M_PAD``) per program in the half-precision forward, 64
+    in the fp32 forward (its 3xTF32 dots hold split operands) and in the backward (which holds
+    ~3x more live tiles), at least one sample; warps so that the largest fp32 tile (rows x width,
+    or the scores ``[SAMPLES*H_PAD, M_PAD, M_PAD]``) is about 64 values per thread, 4..16 warps.
+    Interpreter: a handful of large programs."""
     if target.interpreter:
         return interpreter_samples(batch), 4
     m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_PAD"])
-    samples = max(1, (64 if backward else 128) // m_pad)
+    samples = max(1, (64 if backward or dtype == torch.float32 else 128) // m_pad)
     largest = samples * max(m_pad * width, pads["H_PAD"] * m_pad * m_pad)
     return samples, min(16, max(4, triton.next_power_of_2(largest // (64 * 32))))
 
@@ -396,7 +399,7 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
     Forward grid: one program per ``SAMPLES`` samples (axis 0 only). Backward grid: a few programs
     per SM (``persistent_programs``), each looping over tiles of ``SAMPLES`` samples."""
     pads = padded_sizes(fields, dim, options.num_heads, head_dim)
-    samples, num_warps = _samples_and_warps(batch, pads, target, backward)
+    samples, num_warps = _samples_and_warps(batch, pads, dtype, target, backward)
     num_tiles = triton.cdiv(batch, samples)
     meta = dict(
         SAMPLES=samples, **pads, HAS_BQKV="b_qkv" in present, QKV_RELU=options.qkv_relu,
@@ -404,12 +407,13 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
         RES_RELU=options.res_relu, OUT_RELU=options.out_relu,
         LAYER_NORM=_LAYER_NORM_CODES[options.layer_norm], HAS_LNW="ln_weight" in present,
         HAS_LNB="ln_bias" in present, PRECISION=dot_precision(dtype))
-    if backward:
+    if backward:   # one pipeline stage: the tile loop re-reads loop-invariant weights
         return LaunchConfig(_field_attention_bwd_kernel,
                             (persistent_programs(num_tiles, target, _BACKWARD_PROGRAMS_PER_SM),),
-                            {**meta, "HAS_GY": grad_y, "HAS_GA": grad_a}, num_warps)
+                            {**meta, "HAS_GY": grad_y, "HAS_GA": grad_a}, num_warps, num_stages=1,
+                            maxnreg=register_cap(num_warps))
     return LaunchConfig(_field_attention_fwd_kernel, (num_tiles,), {**meta, "STORE_A": return_attention},
-                        num_warps)
+                        num_warps, maxnreg=register_cap(num_warps))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ import triton.language as tl
 
 from fastint.kernels._common import (LaunchConfig, Target, accumulate_slot, contiguous, dot_precision,
                                      interpreter_samples, masked_softmax, mm, next_pow2, partial_slots,
-                                     persistent_programs, reduce_partials, split_dot, target_of)
+                                     persistent_programs, reduce_partials, register_cap, split_dot,
+                                     target_of)
 
 _BACKWARD_PROGRAMS_PER_SM = 4  # persistent grid: each program loops over tiles
 
@@ -220,13 +221,13 @@ def launch_config(batch: int, fields: int, dim: int, attention_dim: int, orders:
     num_tiles = triton.cdiv(batch, samples)
     meta = dict(K=orders, SAMPLES=samples, M_PAD=m_pad, D_PAD=d_pad, A_PAD=a_pad,
                 PRECISION=dot_precision(dtype))
-    if backward:
+    if backward:   # one pipeline stage: the tile loop re-reads loop-invariant weights
         return LaunchConfig(_hierarchical_aggregation_bwd_kernel,
                             (persistent_programs(num_tiles, target, _BACKWARD_PROGRAMS_PER_SM),),
                             {**meta, "K_PAD": triton.next_power_of_2(orders), "HAS_GU": grad_u,
-                             "HAS_GA": grad_alpha}, num_warps)
+                             "HAS_GA": grad_alpha}, num_warps, num_stages=1, maxnreg=register_cap(num_warps))
     return LaunchConfig(_hierarchical_aggregation_fwd_kernel, (num_tiles,),
-                        {**meta, "STORE_ALPHA": return_attention}, num_warps)
+                        {**meta, "STORE_ALPHA": return_attention}, num_warps, maxnreg=register_cap(num_warps))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def test_grid_has_no_axis_1_limit():
 def test_launch_config_on_gpu(fields, m_pad, samples):
     options = FieldAttentionOptions(2, qkv_relu=True, layer_norm="after")
     present = ("w_qkv", "b_qkv", "ln_weight")
-    fwd = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present,
+    fwd = kernels.launch_config(65536, fields, 16, 32, torch.float16, options, H100, present=present,
                                 return_attention=True)
     assert fwd.kernel is kernels._field_attention_fwd_kernel
     assert {k: fwd.meta[k] for k in ("M_PAD", "D_PAD", "H_PAD", "DH_PAD")} == {
@@ -198,9 +198,13 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert fwd.meta["SAMPLES"] == samples and fwd.grid == (math.ceil(65536 / samples),)
     assert fwd.meta["HAS_BQKV"] and fwd.meta["HAS_LNW"] and not fwd.meta["HAS_LNB"] and fwd.meta["STORE_A"]
     assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
+    assert fwd.maxnreg == min(255, 65536 // (32 * fwd.num_warps))
     bwd = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present,
                                 backward=True, grad_a=True)
-    assert bwd.kernel is kernels._field_attention_bwd_kernel
+    assert bwd.kernel is kernels._field_attention_bwd_kernel and bwd.num_stages == 1
+    assert bwd.meta["PRECISION"] == "tf32x3"                     # fp32 with TF32 off: 3xTF32
+    fp32 = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present)
+    assert fp32.meta["SAMPLES"] == max(1, samples // 2)         # fp32 forward: half the rows
     assert bwd.meta["SAMPLES"] == max(1, samples // 2) and bwd.meta["HAS_GY"] and bwd.meta["HAS_GA"]
     assert bwd.grid == (min(4 * 132, math.ceil(65536 / bwd.meta["SAMPLES"])),)
     assert "_field_attention_bwd_kernel" in bwd.describe()
