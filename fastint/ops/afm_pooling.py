@@ -8,7 +8,7 @@ from fastint._backend import use_triton
 from fastint.kernels import afm_pooling as kernels
 from fastint.ops._checks import (INDEX_DTYPES, check_float_tensor, check_same_device, check_same_dtype,
                                  check_tensor)
-from fastint.ops._custom import absent, none_if_absent
+from fastint.ops._custom import absent, autocast_inputs, none_if_absent
 from fastint.reference.afm_pooling import afm_pooling as _reference
 from fastint.reference.afm_pooling import all_pairs
 
@@ -102,8 +102,10 @@ def afm_pooling(e: Tensor, weight: Tensor, bias: Tensor, projection: Tensor, pai
         ``pooled [B, k]``, or ``(pooled, a [B, P])`` with ``return_attention``; in ``e``'s
         dtype, differentiable in ``e, weight, bias, projection``. The kernel path saves only
         ``e``, the weights and ``[B, k + 1]`` fp32 statistics (the pair products are recomputed
-        on chip). The fused kernels take fp32/fp16/bf16; float64 runs the reference.
+        on chip). The fused kernels take fp32/fp16/bf16; float64 runs the reference. Under
+        ``torch.autocast`` the tensors are cast to its dtype first (half-precision kernels).
     """
+    e, weight, bias, projection = autocast_inputs(e, weight, bias, projection)
     _check(e, weight, bias, projection, pairs)
     if use_triton(e):
         if pairs is None:

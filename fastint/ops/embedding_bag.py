@@ -28,7 +28,7 @@ def _(grad_out, indices, offsets, per_sample_weights, mode, num_rows):
 
 
 @torch.library.register_fake("fastint::embedding_bag_weight_grad_coalesced")
-def _(grad_out, indices, offsets, per_sample_weights, mode):
+def _(grad_out, indices, offsets, per_sample_weights, mode, num_rows):
     unique = torch.library.get_ctx().new_dynamic_size()
     return indices.new_empty(unique, dtype=torch.long), grad_out.new_empty(unique, grad_out.shape[1])
 
@@ -50,7 +50,8 @@ def _backward(ctx, grad_out):
     grad_weight = grad_psw = None
     if ctx.needs_input_grad[0]:
         if ctx.sparse:
-            ids, rows = _ops.embedding_bag_weight_grad_coalesced(grad_out, indices, offsets, psw, ctx.mode)
+            ids, rows = _ops.embedding_bag_weight_grad_coalesced(grad_out, indices, offsets, psw, ctx.mode,
+                                                                 ctx.table_shape[0])
             grad_weight = torch.sparse_coo_tensor(ids.unsqueeze(0), rows, ctx.table_shape, is_coalesced=True,
                                                   check_invariants=False)
         else:

@@ -9,7 +9,7 @@ from torch import Tensor
 from fastint._backend import use_triton
 from fastint.kernels import field_attention as kernels
 from fastint.ops._checks import check_float_tensor, check_same_device, check_same_dtype, check_tensor
-from fastint.ops._custom import absent, none_if_absent
+from fastint.ops._custom import absent, autocast_inputs, none_if_absent
 from fastint.options import FieldAttentionOptions, schema_arguments
 from fastint.reference import field_attention as _reference
 
@@ -138,9 +138,11 @@ def field_attention(x: Tensor, w_qkv: Tensor, b_qkv: Tensor | None = None, w_res
         ``Y [B, M, H*dh]``, or ``(Y, A [B, H, M, M])`` (row = query field) with
         ``return_attention``; in ``x``'s dtype, differentiable w.r.t. ``x`` and every weight.
         The fused kernels take fp32/fp16/bf16; float64 runs the reference (e.g. for gradcheck).
+        Under ``torch.autocast`` the tensors are cast to its dtype first (half-precision kernels).
     """
     opts = FieldAttentionOptions(**options)
-    params = (w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias)
+    x, *params = autocast_inputs(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias)
+    params = tuple(params)
     _check(x, params, opts)
     if use_triton(x):
         y, attention = _forward(x, *params, *opts.astuple(), return_attention)

@@ -7,7 +7,7 @@ from torch import Tensor
 from fastint._backend import use_triton
 from fastint.kernels import hierarchical_aggregation as kernels
 from fastint.ops._checks import check_float_tensor, check_same_device, check_same_dtype, check_tensor
-from fastint.ops._custom import absent, none_if_absent
+from fastint.ops._custom import absent, autocast_inputs, none_if_absent
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as _reference
 
 
@@ -80,8 +80,9 @@ def hierarchical_aggregation(x1: Tensor, weight: Tensor, bias: Tensor, context: 
     Returns:
         ``U [B, K, d]`` (``u_1..u_K``), or ``(U, alpha [B, K, M])`` with ``return_attention``;
         in ``x1``'s dtype, differentiable. The fused kernels take fp32/fp16/bf16; float64 runs
-        the reference.
+        the reference. Under ``torch.autocast`` the tensors are cast to its dtype first.
     """
+    x1, weight, bias, context = autocast_inputs(x1, weight, bias, context)
     _check(x1, weight, bias, context)
     if use_triton(x1):
         u, alpha = _forward(x1, weight, bias, context, return_attention)
