@@ -47,8 +47,8 @@ __device__ inline unsigned group_mask() {
   }
 }
 
-template <int TPB>
-__device__ inline float group_sum(float v) {
+template <int TPB, typename acc_t>
+__device__ inline acc_t group_sum(acc_t v) {
   const unsigned mask = group_mask<TPB>();
   for (int step = TPB / 2; step > 0; step /= 2) v += __shfl_xor_sync(mask, v, step, TPB);
   return v;
@@ -117,7 +117,7 @@ __global__ void segment_sum_kernel(const scalar_t* __restrict__ grad_out, int64_
 
 // d(out_b)/d(w_e) . g_b = (g_b . row_e - [mean] g_b . out_b) * scale_b. All lanes of a group loop
 // over the same entries, so each group's reductions are convergent within the group.
-template <int TPB, typename scalar_t, typename index_t>
+template <int TPB, typename scalar_t, typename index_t, typename acc_t>
 __global__ void psw_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ weight,
                                 int64_t rows, int64_t dim, const index_t* __restrict__ ids,
                                 const int64_t* __restrict__ offsets, const scalar_t* __restrict__ psw,
@@ -127,28 +127,26 @@ __global__ void psw_grad_kernel(const scalar_t* __restrict__ grad_out, const sca
   if (bag >= bags) return;  // whole groups exit together (TPB divides the warp; masks are per group)
   const int64_t begin = offsets[bag], end = offsets[bag + 1];
   const scalar_t* g = grad_out + bag * dim;
-  float denom = 0, g_dot_sum = 0;
+  auto g_dot_row = [&](index_t id) {   // g . weight[id], summed over the group's lanes
+    acc_t part = 0;
+    for (int64_t d = lane; d < dim; d += TPB)
+      part += static_cast<acc_t>(g[d]) * static_cast<acc_t>(weight[static_cast<int64_t>(id) * dim + d]);
+    return group_sum<TPB>(part);
+  };
+  acc_t denom = 0, g_dot_sum = 0;
   for (int64_t e = begin; e < end; ++e) {
     const index_t id = ids[e];
     if (id < 0 || id >= rows) continue;
-    const float w = static_cast<float>(psw[e]);
+    const acc_t w = static_cast<acc_t>(psw[e]);
     denom += w;
-    float part = 0;
-    for (int64_t d = lane; d < dim; d += TPB)
-      part += static_cast<float>(g[d]) * static_cast<float>(weight[static_cast<int64_t>(id) * dim + d]);
-    g_dot_sum += w * group_sum<TPB>(part);
+    g_dot_sum += w * g_dot_row(id);
   }
-  const float scale = mode == kMean ? (denom != 0.f ? 1.f / denom : 0.f) : 1.f;
-  const float g_dot_out = mode == kMean ? g_dot_sum * scale : 0.f;
+  const acc_t scale = mode == kMean ? (denom != acc_t(0) ? acc_t(1) / denom : acc_t(0)) : acc_t(1);
+  const acc_t g_dot_out = mode == kMean ? g_dot_sum * scale : acc_t(0);
   for (int64_t e = begin; e < end; ++e) {
     const index_t id = ids[e];
-    float value = 0;
-    if (id >= 0 && id < rows && scale != 0.f) {
-      float part = 0;
-      for (int64_t d = lane; d < dim; d += TPB)
-        part += static_cast<float>(g[d]) * static_cast<float>(weight[static_cast<int64_t>(id) * dim + d]);
-      value = (group_sum<TPB>(part) - g_dot_out) * scale;
-    }
+    acc_t value = 0;
+    if (id >= 0 && id < rows && scale != acc_t(0)) value = (g_dot_row(id) - g_dot_out) * scale;
     if (lane == 0) grad[e] = static_cast<scalar_t>(value);
   }
 }
@@ -246,9 +244,10 @@ at::Tensor psw_grad_cuda(const at::Tensor& grad_out_in, const at::Tensor& weight
   const int lanes = lanes_for(dim);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FASTINT_DISPATCH_FLOATS(weight.scalar_type(), "psw_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;   // double for fp64 tables, as on the CPU
     AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "psw_grad_cuda", [&] {
       with_lanes(lanes, [&](auto tpb) {
-        psw_grad_kernel<decltype(tpb)::value, scalar_t, index_t><<<blocks_for(bags, lanes), kThreads, 0, stream>>>(
+        psw_grad_kernel<decltype(tpb)::value, scalar_t, index_t, acc_t><<<blocks_for(bags, lanes), kThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), weight.size(0), dim,
             indices.const_data_ptr<index_t>(), offsets.const_data_ptr<int64_t>(), psw.const_data_ptr<scalar_t>(), mode,
             bags, grad.mutable_data_ptr<scalar_t>());

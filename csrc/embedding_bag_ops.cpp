@@ -6,6 +6,8 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/ge.h>
+#include <ATen/ops/masked_fill.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/unique_consecutive.h>
 #include <ATen/ops/zeros.h>
@@ -39,18 +41,20 @@ at::Tensor forward(const at::Tensor& weight, const at::Tensor& indices, const at
 }
 
 // Sorted unique present ids [U] (int64) and their gradient rows [U, D] in grad_out's dtype.
+// An id outside [0, num_rows) is missing, as in the forward (negative by contract; too large only
+// with the Python-side checks off): it gets no gradient and leaves the mean's denominator.
 std::tuple<at::Tensor, at::Tensor> coalesced_grad(const at::Tensor& grad_out, const at::Tensor& indices,
                                                   const at::Tensor& offsets, const std::optional<at::Tensor>& psw,
-                                                  int64_t mode) {
+                                                  int64_t mode, int64_t num_rows) {
   check_mode(mode);
   const auto acc_type = at::toOpMathType(grad_out.scalar_type());
   const int64_t nnz = indices.numel();
+  // Missing ids -> -1: they form at most one segment, first after the sort, which is dropped.
+  const auto ids = indices.to(at::kLong).clamp_min(-1).masked_fill(at::ge(indices, num_rows), -1);
   auto scale = at::empty({nnz}, grad_out.options().dtype(acc_type));
   auto bag = at::empty({nnz}, indices.options().dtype(at::kLong));
   const auto psw_acc = psw ? std::optional<at::Tensor>(psw->to(acc_type)) : std::nullopt;
-  FASTINT_ON_DEVICE(grad_out, entry_scales, indices, offsets, psw_acc, mode, scale, bag);
-  // Missing ids (any negative) -> -1, so they form at most one segment, first after the sort.
-  const auto ids = indices.to(at::kLong).clamp_min(-1);
+  FASTINT_ON_DEVICE(grad_out, entry_scales, ids, offsets, psw_acc, mode, scale, bag);
   auto [sorted, perm] = at::sort(ids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto [unique, inverse, counts] = at::unique_consecutive(sorted, /*return_inverse=*/false, /*return_counts=*/true);
   auto segment_offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
@@ -64,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> coalesced_grad(const at::Tensor& grad_out, co
 
 at::Tensor weight_grad(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& offsets,
                        const std::optional<at::Tensor>& psw, int64_t mode, int64_t num_rows) {
-  auto [unique, rows] = coalesced_grad(grad_out, indices, offsets, psw, mode);
+  auto [unique, rows] = coalesced_grad(grad_out, indices, offsets, psw, mode, num_rows);
   // Each row is written once (unique ids): deterministic.
   return at::zeros({num_rows, grad_out.size(1)}, grad_out.options()).index_copy_(0, unique, rows);
 }
@@ -83,7 +87,7 @@ TORCH_LIBRARY(fastint, m) {
   m.def("embedding_bag_weight_grad(Tensor grad_out, Tensor indices, Tensor offsets, "
         "Tensor? per_sample_weights, int mode, int num_rows) -> Tensor");
   m.def("embedding_bag_weight_grad_coalesced(Tensor grad_out, Tensor indices, Tensor offsets, "
-        "Tensor? per_sample_weights, int mode) -> (Tensor, Tensor)");
+        "Tensor? per_sample_weights, int mode, int num_rows) -> (Tensor, Tensor)");
   m.def("embedding_bag_psw_grad(Tensor grad_out, Tensor weight, Tensor indices, Tensor offsets, "
         "Tensor per_sample_weights, int mode) -> Tensor");
 }

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fastint import use_backend
-from fastint.ops.embedding_bag import embedding_bag
+from fastint.ops.embedding_bag import MODES, embedding_bag
 from fastint.reference.embedding_bag import embedding_bag as reference
 from tests.helpers import as_reference, assert_rel_close
 
@@ -212,3 +212,24 @@ def test_bad_arguments_raise(over, error, message, backend):
 def test_device_mismatch_raises():
     with pytest.raises(ValueError, match="same device"):
         embedding_bag(**_args(weight=torch.randn(10, 4, device="meta")))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_backward_treats_ids_past_the_table_as_missing(mode):
+    """With the input checks off (FASTINT_CHECK_INPUTS=0) the CUDA forward skips an id >= N; the
+    shared backward does the same: no gradient row for it (no out-of-bounds index_copy_ or
+    sparse index) and, in mean mode, no place in the denominator."""
+    ops, rows = torch.ops.fastint, 6
+    ids = torch.tensor([1, 9, 3, 1, -1, 2], device=DEVICE)
+    offsets = torch.tensor([0, 3, 6], device=DEVICE)
+    psw = torch.tensor([0.5, 2.0, 1.5, 1.0, 3.0, 0.25], device=DEVICE, dtype=torch.float64)
+    grad_out = torch.randn(2, 4, device=DEVICE, dtype=torch.float64)
+    code = MODES[mode]
+    dense = ops.embedding_bag_weight_grad(grad_out, ids, offsets, psw, code, rows)
+    missing = ids.masked_fill(ids >= rows, -1)
+    weight = torch.zeros(rows, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    reference(missing, weight, offsets, psw, mode).reshape(2, 4).backward(grad_out)
+    torch.testing.assert_close(dense, weight.grad)
+    unique, grad_rows = ops.embedding_bag_weight_grad_coalesced(grad_out, ids, offsets, psw, code, rows)
+    assert unique.tolist() == [1, 2, 3] and grad_rows.shape == (3, 4)
+    torch.testing.assert_close(grad_rows, weight.grad[unique])
