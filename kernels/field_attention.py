@@ -315,44 +315,48 @@ def _field_attention_bwd_kernel(
         else:
             dz = _grad_relu_if(gy, z, OUT_RELU)
 
-        # attention
-        do = _to_heads(dz, SAMPLES, M_PAD, H_PAD, DH_PAD)
-        dv = mm(tl.permute(a, (0, 2, 1)), do, DTYPE, PRECISION)
-        da = mm(do, tl.permute(v, (0, 2, 1)), DTYPE, PRECISION)
-        if HAS_GA:
-            offs, mask = _attention_offsets(sample0, B, M, H, SAMPLES, M_PAD, H_PAD)
-            da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        ds = scale * a * (da - tl.sum(a * da, axis=2)[:, :, None])
-        dq = mm(ds, k, DTYPE, PRECISION)
-        dk = mm(tl.permute(ds, (0, 2, 1)), q, DTYPE, PRECISION)
+        if LAYER_NORM != 0:
+            if HAS_LNW:
+                accumulate_slot(dlnw_ptr + dv_slot, dgamma)
+            if HAS_LNB:
+                accumulate_slot(dlnb_ptr + dv_slot, dbeta)
 
-        # projections: dX and the weight gradients
+        # Each gradient tile is consumed as soon as it exists (the residual first, then V, Q, K):
+        # fewer tiles live at once than computing dQ, dK, dV first (register pressure).
         x2t = tl.trans(x2)
-        dx = _project_backward(dq, q, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 0, pid, offs_d, d, cols,
-                               col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                               PRECISION)
-        dx += _project_backward(dk, k, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 1, pid, offs_d, d, cols,
-                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                                PRECISION)
-        dx += _project_backward(dv, v, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 2, pid, offs_d, d, cols,
-                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                                PRECISION)
         if RESIDUAL == 2:
             dr = _grad_relu_if(dz, r, RES_RELU)
             w = _load_weight(wres_ptr, offs_d, d, cols, col_mask, width, 0)
-            dx += mm(dr, tl.trans(w), DTYPE, PRECISION)
+            dx = mm(dr, tl.trans(w), DTYPE, PRECISION)
             accumulate_slot(dwres_ptr + dw_slot, mm(x2t, dr, DTYPE, PRECISION))
             if HAS_BRES:
                 accumulate_slot(dbres_ptr + dv_slot, tl.sum(dr, axis=0))
         elif RESIDUAL == 1:
             # scatter head columns back to x's columns: dZ @ E with E[h*DH_PAD + j, h*dh + j] = 1
             select = (cols[:, None] == offs_d[None, :]) & col_mask[:, None]
-            dx += tl.dot(dz, select.to(tl.float32), input_precision="tf32x3")
-        if LAYER_NORM != 0:
-            if HAS_LNW:
-                accumulate_slot(dlnw_ptr + dv_slot, dgamma)
-            if HAS_LNB:
-                accumulate_slot(dlnb_ptr + dv_slot, dbeta)
+            dx = tl.dot(dz, select.to(tl.float32), input_precision="tf32x3")
+        else:
+            dx = tl.zeros([SAMPLES * M_PAD, D_PAD], tl.float32)
+
+        # attention
+        do = _to_heads(dz, SAMPLES, M_PAD, H_PAD, DH_PAD)
+        da = mm(do, tl.permute(v, (0, 2, 1)), DTYPE, PRECISION)
+        if HAS_GA:
+            offs, mask = _attention_offsets(sample0, B, M, H, SAMPLES, M_PAD, H_PAD)
+            da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dv = mm(tl.permute(a, (0, 2, 1)), do, DTYPE, PRECISION)
+        dx += _project_backward(dv, v, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 2, pid, offs_d, d, cols,
+                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
+                                PRECISION)
+        ds = scale * a * (da - tl.sum(a * da, axis=2)[:, :, None])
+        dq = mm(ds, k, DTYPE, PRECISION)
+        dx += _project_backward(dq, q, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 0, pid, offs_d, d, cols,
+                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
+                                PRECISION)
+        dk = mm(tl.permute(ds, (0, 2, 1)), q, DTYPE, PRECISION)
+        dx += _project_backward(dk, k, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 1, pid, offs_d, d, cols,
+                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
+                                PRECISION)
         tl.store(dx_ptr + grow[:, None] * d + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & (offs_d[None, :] < d))
 
@@ -378,14 +382,16 @@ def _samples_and_warps(batch: int, pads: dict[str, int], dtype: torch.dtype, tar
     """GPU: about 128 rows (``SAMPLES * M_PAD``) per program in the half-precision forward, 64
     in the fp32 forward (its 3xTF32 dots hold split operands) and in the backward (which holds
     ~3x more live tiles), at least one sample; warps so that the largest fp32 tile (rows x width,
-    or the scores ``[SAMPLES*H_PAD, M_PAD, M_PAD]``) is about 64 values per thread, 4..16 warps.
+    or the scores ``[SAMPLES*H_PAD, M_PAD, M_PAD]``) is about 64 values per thread in the forward
+    and 32 in the backward (static audit: half the spills at M = 39), 4..16 warps.
     Interpreter: a handful of large programs."""
     if target.interpreter:
         return interpreter_samples(batch), 4
     m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_PAD"])
     samples = max(1, (64 if backward or dtype == torch.float32 else 128) // m_pad)
     largest = samples * max(m_pad * width, pads["H_PAD"] * m_pad * m_pad)
-    return samples, min(16, max(4, triton.next_power_of_2(largest // (64 * 32))))
+    values_per_thread = 32 if backward else 64
+    return samples, min(16, max(4, triton.next_power_of_2(largest // (values_per_thread * 32))))
 
 
 def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch.dtype,
