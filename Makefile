@@ -11,7 +11,7 @@ TORCH_VERSION  ?= 2.13.0
 TRITON_VERSION ?= 3.9.0
 TOOLS  := "scikit-build-core>=0.10" ninja pytest pytest-benchmark numpy tqdm pyyaml matplotlib
 
-.PHONY: run test bench cuda-check setup clean
+.PHONY: run test bench cuda-check gpu-audit gpu-audit-ci gpu-check setup clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/fastint train
@@ -27,6 +27,21 @@ cuda-check: $(VENV)/.deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -DFASTINT_CUDA_COMPILE_CHECK=ON >/dev/null
 	PATH="$(abspath $(VENV))/bin:$$PATH" cmake --build build/cuda-check --target fastint_cuda_check
+
+# Static GPU gate (no GPU needed): every Triton kernel at its launcher's configuration compiled for
+# sm_90 and sm_80; the full matrix and its table (gpu-audit), or the CI subset against the
+# baseline of known spills (gpu-audit-ci). See bench/gpu_audit.py.
+gpu-audit: $(VENV)/.installed
+	$(PY) -m bench.gpu_audit --full --out bench/results/static-gpu-audit-$$(date +%F).md
+
+gpu-audit-ci: $(VENV)/.installed
+	mkdir -p build
+	$(PY) -m bench.gpu_audit --baseline bench/gpu_audit_baseline.json > build/gpu-audit-ci.md
+
+# On a machine with an NVIDIA GPU: CUDA build, the whole test suite on the GPU, the goal
+# benchmarks, and bench/results/<gpu>-<date>.md. See bench/gpu_check.py.
+gpu-check: $(VENV)/.installed
+	$(PY) -m bench.gpu_check
 
 setup: $(VENV)/.installed
 

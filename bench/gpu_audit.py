@@ -13,6 +13,11 @@ target=GPUTarget("cuda", cap, 32))``; ptxas reports registers and spills.
 A case FAILS when the kernel does not compile, needs more shared memory per program than the
 architecture allows (sm_90: 227 KiB, sm_80: 163 KiB), or spills registers to local memory.
 
+With ``--baseline FILE`` (CI) the known spilling or overflowing cases listed there are reported but
+tolerated; the run fails on any other failure, on any kernel that does not compile (never
+tolerated), and on a listed case that now passes (remove it: the baseline only shrinks).
+``--write-baseline FILE`` records the current spill/overflow failures.
+
     python -m bench.gpu_audit                 # the CI subset (the papers' configurations)
     python -m bench.gpu_audit --full          # the whole matrix
     python -m bench.gpu_audit --full --out bench/results/static-gpu-audit-DATE.md
@@ -38,11 +43,8 @@ import sys
 import time
 from unittest import mock
 
-os.environ.pop("TRITON_INTERPRET", None)        # the real compiler, not the interpreter
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-import torch  # noqa: E402
-import triton  # noqa: E402
+import torch
+import triton
 
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 CACHE_DIR = os.path.join(os.path.dirname(KERNELS_DIR), "build", "gpu-audit")
@@ -304,17 +306,18 @@ def compile_case(case: Case) -> dict:
     return result
 
 
-def _sources_digest() -> str:
+def _sources_digest(op: str) -> str:
+    """Hash of what an op's compiled kernels depend on: Triton's version, the shared kernel layer
+    and the op's kernel file."""
     h = hashlib.sha256(triton.__version__.encode())
-    for name in sorted(os.listdir(KERNELS_DIR)):
-        if name.endswith(".py"):
-            with open(os.path.join(KERNELS_DIR, name), "rb") as f:
-                h.update(name.encode() + f.read())
+    for name in ("_common.py", f"{op}.py"):
+        with open(os.path.join(KERNELS_DIR, name), "rb") as f:
+            h.update(name.encode() + f.read())
     return h.hexdigest()[:16]
 
 
 def _cached_compile(payload) -> dict:
-    case, digest = payload
+    case, digest = payload      # the digest of the sources as the run started (do not edit them meanwhile)
     path = os.path.join(CACHE_DIR, digest, hashlib.sha256(case.key().encode()).hexdigest()[:24] + ".json")
     if os.path.isfile(path):
         with open(path) as f:
@@ -367,15 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compilations")
     parser.add_argument("--only", help="regular expression selecting cases by key")
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--baseline", help="JSON list of tolerated (known) failing case keys")
+    parser.add_argument("--write-baseline", help="write the current spill/overflow failures here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # Triton 3.9's default, without its warning
     cases = build_cases(args.full)
     if args.only:
         cases = [c for c in cases if re.search(args.only, c.key())]
-    digest = _sources_digest()
     t0 = time.time()
+    digests = {op: _sources_digest(op) for op in {c.op for c in cases}}
     results = {}
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for result in pool.map(_cached_compile, [(c, digest) for c in cases], chunksize=1):
+        for result in pool.map(_cached_compile, [(c, digests[c.op]) for c in cases], chunksize=1):
             results[result["key"]] = result
     failed = [r for r in results.values() if not r["ok"]]
     title = (f"# Static GPU audit ({'full matrix' if args.full else 'CI subset'}), "
@@ -386,9 +392,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
-    for r in failed:
-        print(f"FAIL {r['key']}: {'; '.join(r['problems'])}", file=sys.stderr)
-    return 1 if failed else 0
+    if args.write_baseline:
+        with open(args.write_baseline, "w") as f:
+            json.dump(sorted(r["key"] for r in failed if "regs" in r), f, indent=1)
+            f.write("\n")
+    return verdict(results, _load_baseline(args.baseline))
+
+
+def _load_baseline(path: str | None) -> set[str]:
+    if not path:
+        return set()
+    with open(path) as f:
+        return set(json.load(f))
+
+
+def verdict(results: dict[str, dict], baseline: set[str]) -> int:
+    """0 when every failure is a known (baselined) spill or overflow and no known case passes;
+    prints the reasons otherwise and returns 1."""
+    problems = []
+    for key, r in sorted(results.items()):
+        if r["ok"] and key in baseline:
+            problems.append(f"PASSES NOW (remove it from the baseline) {key}")
+        elif not r["ok"] and ("regs" not in r or key not in baseline):
+            problems.append(f"FAIL {key}: {'; '.join(r['problems'])}")
+    known = sum(1 for key, r in results.items() if not r["ok"] and key in baseline and "regs" in r)
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"gpu-audit: {len(results)} cases, {known} known failures tolerated, {len(problems)} problems",
+          file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -137,21 +137,50 @@ def _project(x2, w_ptr, b_ptr, part, offs_d, d, cols, col_mask, width, SAMPLES: 
 
 
 @triton.jit
-def _project_backward(grad, out, x2t, w_ptr, dw_ptr, db_ptr, part, pid, offs_d, d, cols, col_mask,
-                      width, SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr,
-                      H_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_B: tl.constexpr,
-                      RELU: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward of ``_project`` given ``grad`` (heads layout) w.r.t. its output ``out``: adds
-    ``x^T dP`` and ``colsum(dP)`` to this program's partial slots, returns ``dP W^T`` (rows)."""
-    HD_PAD: tl.constexpr = H_PAD * DH_PAD
-    dp = _to_rows(_grad_relu_if(grad, out, RELU), SAMPLES, M_PAD, H_PAD, DH_PAD)
-    w = _load_weight(w_ptr, offs_d, d, cols, col_mask, 3 * width, part * width)
-    slot = pid.to(tl.int64) * 3 + part                        # partials [programs, 3, ...]
-    offs_c = tl.arange(0, HD_PAD)
-    accumulate_slot(dw_ptr + slot * (D_PAD * HD_PAD) + offs_d[:, None] * HD_PAD + offs_c[None, :],
-                mm(x2t, dp, x2t.dtype, PRECISION))
+def _head_project(x2, w_ptr, b_ptr, column0, offs_d, d, dh, width, DH_PAD: tl.constexpr,
+                  HAS_B: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """One head of one part of ``act(x W_qkv + b_qkv)``: columns ``column0 .. column0 + dh - 1``,
+    rows ``[SAMPLES*M_PAD, DH_PAD]`` (fp32)."""
+    offs_j = tl.arange(0, DH_PAD)
+    cols, col_mask = column0 + offs_j, offs_j < dh
+    w = _load_weight(w_ptr, offs_d, d, cols, col_mask, 3 * width, 0)
+    bias = _load_vector(b_ptr, cols, col_mask, 0, HAS_B, 0.0)
+    return _relu_if(mm(x2, w, x2.dtype, PRECISION) + bias[None, :], RELU)
+
+
+@triton.jit
+def _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES: tl.constexpr,
+                    M_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """Head ``h`` of the tile: ``q, k, v`` rows ``[SAMPLES*M_PAD, DH_PAD]`` and the attention
+    ``a [SAMPLES, M_PAD, M_PAD]`` (fp32)."""
+    q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
+                      PRECISION)
+    k = _head_project(x2, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
+                      QKV_RELU, PRECISION)
+    v = _head_project(x2, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
+                      QKV_RELU, PRECISION)
+    scores = scale * mm(tl.reshape(q, [SAMPLES, M_PAD, DH_PAD]),
+                        tl.permute(tl.reshape(k, [SAMPLES, M_PAD, DH_PAD]), (0, 2, 1)), x2.dtype, PRECISION)
+    return q, k, v, masked_softmax(scores, (tl.arange(0, M_PAD) < M)[None, None, :], 2)
+
+
+@triton.jit
+def _head_project_backward(grad, out, x2t, w_ptr, dw_ptr, db_ptr, part, h, slot, offs_d, d, dh, width,
+                           D_PAD: tl.constexpr, HD_PAD: tl.constexpr, DH_PAD: tl.constexpr,
+                           HAS_B: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward of ``_head_project`` (part ``part``, head ``h``) given ``grad`` rows w.r.t. its
+    output ``out``: adds ``x^T dP`` and ``colsum(dP)`` to head ``h``'s columns of this program's
+    partial slot ``slot`` (``[3, D_PAD, HD_PAD]`` / ``[3, HD_PAD]``), returns ``dP W^T`` rows."""
+    offs_j = tl.arange(0, DH_PAD)
+    dp = _grad_relu_if(grad, out, RELU)
+    w = _load_weight(w_ptr, offs_d, d, part * width + h * dh + offs_j, offs_j < dh, 3 * width, 0)
+    base = slot * 3 + part
+    columns = h * DH_PAD + offs_j
+    accumulate_slot(dw_ptr + base * (D_PAD * HD_PAD) + offs_d[:, None] * HD_PAD + columns[None, :],
+                    mm(x2t, dp, x2t.dtype, PRECISION))
     if HAS_B:
-        accumulate_slot(db_ptr + slot * HD_PAD + offs_c, tl.sum(dp, axis=0))
+        accumulate_slot(db_ptr + base * HD_PAD + columns, tl.sum(dp, axis=0))
     return mm(dp, tl.trans(w), x2t.dtype, PRECISION)
 
 
@@ -170,12 +199,14 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sampl
           DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
           RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
           OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
-          HAS_LNB: tl.constexpr, PRECISION: tl.constexpr):
+          HAS_LNB: tl.constexpr, BY_HEAD: tl.constexpr, PRECISION: tl.constexpr):
     """Forward of samples ``sample0 .. sample0+SAMPLES-1``; returns every intermediate the backward needs.
 
-    Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype), ``q, k, v, a`` in heads layout (fp32),
-    ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm; dummies without) and ``y``, rows
-    ``[SAMPLES*M_PAD, HD_PAD]`` fp32.
+    Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype), ``a`` in heads layout
+    ``[SAMPLES*H_PAD, M_PAD, M_PAD]`` (fp32; with ``BY_HEAD`` a placeholder), ``r`` (residual),
+    ``z`` (``O + R``), ``n, rstd`` (LayerNorm; dummies without) and ``y``, rows
+    ``[SAMPLES*M_PAD, HD_PAD]`` fp32. ``BY_HEAD``: the attention one head at a time (fewer live
+    tiles, the backward's choice) instead of all heads in batched dots (the forward's).
     """
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
@@ -185,16 +216,26 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sampl
 
     x2 = tl.load(x_ptr + grow[:, None] * d + offs_d[None, :],
                  mask=row_mask[:, None] & (offs_d[None, :] < d), other=0.0)
-    q = _project(x2, wqkv_ptr, bqkv_ptr, 0, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD, DH_PAD,
-                 HAS_BQKV, QKV_RELU, PRECISION)
-    k = _project(x2, wqkv_ptr, bqkv_ptr, 1, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD, DH_PAD,
-                 HAS_BQKV, QKV_RELU, PRECISION)
-    v = _project(x2, wqkv_ptr, bqkv_ptr, 2, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD, DH_PAD,
-                 HAS_BQKV, QKV_RELU, PRECISION)
-
-    scores = scale * mm(q, tl.permute(k, (0, 2, 1)), DTYPE, PRECISION)   # [SAMPLES*H_PAD, M_PAD, M_PAD]
-    a = masked_softmax(scores, (tl.arange(0, M_PAD) < M)[None, None, :], 2)
-    z = _to_rows(mm(a, v, DTYPE, PRECISION), SAMPLES, M_PAD, H_PAD, DH_PAD)
+    if BY_HEAD:
+        head_of = tl.arange(0, H_PAD)[None, :, None]
+        z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_PAD], tl.float32)
+        for h in range(H):
+            q_h, k_h, v_h, a_h = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width,
+                                                 SAMPLES, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            o = mm(a_h, tl.reshape(v_h, [SAMPLES, M_PAD, DH_PAD]), DTYPE, PRECISION)
+            z3 += tl.where(head_of == h, tl.reshape(o, [SAMPLES * M_PAD, DH_PAD])[:, None, :], 0.0)
+        z = tl.reshape(z3, [SAMPLES * M_PAD, H_PAD * DH_PAD])
+        a = tl.zeros([SAMPLES * H_PAD, M_PAD, M_PAD], tl.float32)    # not needed by the backward
+    else:
+        q = _project(x2, wqkv_ptr, bqkv_ptr, 0, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
+                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        k = _project(x2, wqkv_ptr, bqkv_ptr, 1, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
+                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        v = _project(x2, wqkv_ptr, bqkv_ptr, 2, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
+                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        scores = scale * mm(q, tl.permute(k, (0, 2, 1)), DTYPE, PRECISION)  # [SAMPLES*H_PAD, M_PAD, M_PAD]
+        a = masked_softmax(scores, (tl.arange(0, M_PAD) < M)[None, None, :], 2)
+        z = _to_rows(mm(a, v, DTYPE, PRECISION), SAMPLES, M_PAD, H_PAD, DH_PAD)
 
     if RESIDUAL == 2:
         w = _load_weight(wres_ptr, offs_d, d, cols, col_mask, width, 0)
@@ -218,7 +259,7 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sampl
     else:
         n, rstd = z, tl.zeros_like(row_mask.to(tl.float32))
         y = _relu_if(z, OUT_RELU)
-    return x2, q, k, v, a, r, z, n, rstd, y
+    return x2, a, r, z, n, rstd, y
 
 
 @triton.jit
@@ -238,6 +279,16 @@ def _attention_offsets(sample0, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.conste
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
+def _head_attention_offsets(sample0, h, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
+    """Offsets and mask of head ``h``'s tile ``[SAMPLES, M_PAD, M_PAD]`` in ``A [B, H, M, M]``."""
+    samples = sample0 + tl.arange(0, SAMPLES).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    query, key = offs_m[None, :, None], offs_m[None, None, :]
+    offs = ((samples * H + h)[:, None, None] * M + query) * M + key
+    return offs, (samples < B)[:, None, None] & (query < M) & (key < M)
+
+
+@triton.jit
 def _field_attention_fwd_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, y_ptr, a_ptr,
         B, M, d, H, dh, scale, eps,
@@ -250,10 +301,10 @@ def _field_attention_fwd_kernel(
     rows ``[SAMPLES*M_PAD, D_PAD]``, runs the whole layer on chip (``_tile``) and stores ``Y``
     rows ``[SAMPLES*M_PAD, H*dh]`` and, with ``STORE_A``, ``A [SAMPLES, H, M, M]``."""
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    _, _, _, _, a, _, _, _, _, y = _tile(
+    x2, a, r, z, n, rstd, y = _tile(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sample0, B, M, d, H, dh,
         scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
-        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, PRECISION)
+        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, PRECISION)
     grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_PAD)
     tl.store(y_ptr + grow[:, None] * (H * dh) + cols[None, :], y.to(y_ptr.dtype.element_ty),
@@ -290,10 +341,10 @@ def _field_attention_bwd_kernel(
     gamma = _load_vector(lnw_ptr, cols, col_mask, 0, HAS_LNW, 1.0)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         sample0 = tile * SAMPLES
-        x2, q, k, v, a, r, z, n, rstd, _ = _tile(
+        x2, a_all, r, z, n, rstd, y = _tile(
             x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sample0, B, M, d, H,
             dh, scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU, RESIDUAL,
-            HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, PRECISION)
+            HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, True, PRECISION)
         grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
         out_mask = row_mask[:, None] & col_mask[None, :]
 
@@ -338,25 +389,29 @@ def _field_attention_bwd_kernel(
         else:
             dx = tl.zeros([SAMPLES * M_PAD, D_PAD], tl.float32)
 
-        # attention
-        do = _to_heads(dz, SAMPLES, M_PAD, H_PAD, DH_PAD)
-        da = mm(do, tl.permute(v, (0, 2, 1)), DTYPE, PRECISION)
-        if HAS_GA:
-            offs, mask = _attention_offsets(sample0, B, M, H, SAMPLES, M_PAD, H_PAD)
-            da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dv = mm(tl.permute(a, (0, 2, 1)), do, DTYPE, PRECISION)
-        dx += _project_backward(dv, v, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 2, pid, offs_d, d, cols,
-                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                                PRECISION)
-        ds = scale * a * (da - tl.sum(a * da, axis=2)[:, :, None])
-        dq = mm(ds, k, DTYPE, PRECISION)
-        dx += _project_backward(dq, q, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 0, pid, offs_d, d, cols,
-                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                                PRECISION)
-        dk = mm(tl.permute(ds, (0, 2, 1)), q, DTYPE, PRECISION)
-        dx += _project_backward(dk, k, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 1, pid, offs_d, d, cols,
-                                col_mask, width, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU,
-                                PRECISION)
+        # attention and projections, one head at a time (only one head's tiles are live)
+        head_of = tl.arange(0, H_PAD)[None, :, None]
+        dz3 = tl.reshape(dz, [SAMPLES * M_PAD, H_PAD, DH_PAD])
+        for h in range(H):
+            q, k, v, a = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES,
+                                         M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            q3 = tl.reshape(q, [SAMPLES, M_PAD, DH_PAD])
+            k3 = tl.reshape(k, [SAMPLES, M_PAD, DH_PAD])
+            do = tl.reshape(tl.sum(tl.where(head_of == h, dz3, 0.0), axis=1), [SAMPLES, M_PAD, DH_PAD])
+            da = mm(do, tl.permute(tl.reshape(v, [SAMPLES, M_PAD, DH_PAD]), (0, 2, 1)), DTYPE, PRECISION)
+            if HAS_GA:
+                offs, mask = _head_attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
+                da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dv = tl.reshape(mm(tl.permute(a, (0, 2, 1)), do, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
+            dx += _head_project_backward(dv, v, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 2, h, pid, offs_d, d,
+                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            ds = scale * a * (da - tl.sum(a * da, axis=2)[:, :, None])
+            dq = tl.reshape(mm(ds, k3, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
+            dx += _head_project_backward(dq, q, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 0, h, pid, offs_d, d,
+                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            dk = tl.reshape(mm(tl.permute(ds, (0, 2, 1)), q3, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
+            dx += _head_project_backward(dk, k, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 1, h, pid, offs_d, d,
+                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
         tl.store(dx_ptr + grow[:, None] * d + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & (offs_d[None, :] < d))
 
