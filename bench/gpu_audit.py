@@ -23,7 +23,8 @@ tolerated), and on a listed case that now passes (remove it: the baseline only s
     python -m bench.gpu_audit --full --out bench/results/static-gpu-audit-DATE.md
 
 Results are cached per case under ``build/gpu-audit`` keyed by the kernel sources and the Triton
-version, so a re-run compiles only what changed.
+version, so a re-run compiles only what changed. Run it as its own process (``python -m``): with
+``TRITON_INTERPRET=1`` set before Triton was imported the kernels cannot be compiled.
 """
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ import sys
 import time
 from unittest import mock
 
-import torch
-import triton
+if __name__ == "__main__":          # before triton is imported: the real compiler, not the
+    os.environ.pop("TRITON_INTERPRET", None)   # interpreter (whose kernels cannot be compiled)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
 
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 CACHE_DIR = os.path.join(os.path.dirname(KERNELS_DIR), "build", "gpu-audit")
