@@ -24,8 +24,10 @@ Dot operands are in the input dtype (fp16/bf16 on tensor cores; fp32 as ``ieee``
 ``torch.backends.cuda.matmul.allow_tf32``); accumulation, softmax and LayerNorm are fp32.
 Padded keys get score ``-inf``; padded rows/columns are never stored and carry zero gradient.
 
-Backward recomputes the whole forward of its tile from ``x`` and the weights (nothing of size
-``B x H x M x M`` is saved), then, with ``dZ`` from the output activation / LayerNorm backward:
+Backward recomputes the forward of its tile from ``x`` and the weights (nothing of size
+``B x H x M x M`` is saved), one head at a time so that only one head's ``Q, K, V, A`` and their
+gradients are live (register pressure), then, with ``dZ`` from the output activation / LayerNorm
+backward and the residual's gradient first, per head:
 
     dO = dZ;  dV_h = A_h^T dO_h;  dA_h = dO_h V_h^T (+ upstream grad of A)
     dS_h = scale * A_h * (dA_h - rowsum(A_h * dA_h));  dQ_h = dS_h K_h;  dK_h = dS_h^T Q_h
