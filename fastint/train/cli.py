@@ -296,9 +296,12 @@ def cmd_bench(args) -> int:
         raise UsageError(f"benchmark directory not found: {bench_dir}")
     json_path = os.path.abspath(args.json or os.path.join("runs", "bench.json"))
     output_dir(os.path.dirname(json_path))
+    # benchmarks never run in parallel: no xdist, and no xdist worker's environment (called from a
+    # test running under xdist, pytest-benchmark would disable itself)
     cmd = [sys.executable, "-m", "pytest", bench_dir, "--benchmark-only", f"--benchmark-json={json_path}",
-           "-q", "-p", "no:cacheprovider"] + (["-k", args.k] if args.k else [])
-    code = subprocess.call(cmd, cwd=os.path.dirname(os.path.abspath(bench_dir)))
+           "-q", "-p", "no:cacheprovider", "-p", "no:xdist"] + (["-k", args.k] if args.k else [])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    code = subprocess.call(cmd, cwd=os.path.dirname(os.path.abspath(bench_dir)), env=env)
     if not os.path.isfile(json_path):
         raise UsageError(f"pytest exited with status {code} and wrote no {json_path}")
     with open(json_path) as f:
