@@ -1,0 +1,4 @@
+"""Optimizers the papers need beyond torch.optim."""
+from fastint.optim.grda import GRDA
+
+__all__ = ["GRDA"]
