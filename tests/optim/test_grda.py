@@ -84,6 +84,6 @@ def test_rejects_bad_hyperparameters(kwargs, message):
 
 def test_rejects_sparse_gradients():
     w = torch.nn.Parameter(torch.ones(3))
-    w.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,))
+    w.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,), check_invariants=True)
     with pytest.raises(RuntimeError, match="sparse gradients"):
         GRDA([w]).step()
