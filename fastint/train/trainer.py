@@ -11,11 +11,17 @@
 * Early stopping: after every epoch the ``valid`` split is evaluated; the monitored metric
   (``auc`` / ``logloss`` / ``rmse``) that has not improved for ``patience`` epochs stops training;
   the best weights (``best.pt``, or an in-memory copy without ``out_dir``) are restored at the end.
+* Seeding: ``Trainer`` seeds python/numpy/torch (all devices) with ``config.seed`` when built, so
+  dropout is reproducible; the loader's shuffle is a stateless function of (seed, epoch). The
+  initial weights are drawn when the model is built, before the ``Trainer`` exists: call
+  ``seed_everything(seed)`` before building the model (the CLI does) for reproducible runs.
 * Checkpoints (``<out>/checkpoints/last.pt``; ``best.pt`` holds the best weights): model weights and
   ``model_config`` (the model's ``config``: ``build_model(schema=..., **model_config)`` rebuilds it),
-  optimizer, torch/numpy/python(/CUDA) RNG, loader position, step and early-stopping state —
-  ``fit(resume=...)`` continues bit-exactly (same final weights as an uninterrupted run, on the same
-  device).
+  optimizer, torch/numpy/python(/CUDA) RNG, loader position (epoch, batches consumed), step and
+  early-stopping state — ``fit(resume=...)`` continues bit-exactly (same final weights as an
+  uninterrupted run, on the same device and thread count), also mid-epoch. Written atomically
+  (temporary file, fsync, ``os.replace``): a process killed at any moment leaves the previous
+  complete ``last.pt``, so a run killed between ``checkpoint_every`` checkpoints resumes exactly.
 * Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (nccl on
   CUDA, gloo on CPU), the model wrapped in DDP, each rank reads its shard of every epoch
   (``batch_size`` is per rank: the global batch is ``batch_size * world_size``); every rank
@@ -24,6 +30,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -105,6 +112,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed the global RNGs that a run draws from: python ``random``, numpy's legacy global RNG and
+    torch's generators on every device (``torch.manual_seed`` also seeds all CUDA devices)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -340,9 +349,7 @@ class Trainer:
         if not weights_only:
             ckpt.update(optimizers=[o.state_dict() for o in self.optimizers], rng=_rng_state(),
                         loader=self.loader.state_dict(), state=self.state, train_config=asdict(self.config))
-        tmp = path + ".tmp"
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
+        _save_atomically(ckpt, path)
         self._barrier()
 
     def _barrier(self) -> None:
@@ -364,6 +371,31 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self.state = ckpt["state"]
         _set_rng_state(ckpt["rng"])
+
+
+def _save_atomically(obj, path: str) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial ``path``: the bytes go to ``<path>.tmp``
+    in the same directory, are flushed and fsync'ed, and ``os.replace`` swaps the file in (atomic);
+    the directory is then fsync'ed (POSIX) so that the rename itself is durable. A process killed
+    mid-write leaves the previous ``path`` intact and at most a stale ``.tmp``, which the next save
+    overwrites."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    if os.name == "posix":  # a directory cannot be opened for fsync on Windows
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

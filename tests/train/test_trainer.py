@@ -1,5 +1,5 @@
-"""Trainer: exact resume, early stopping with best-weight restore, optimizers, regression, AMP,
-and DDP with 2 gloo processes on CPU."""
+"""Trainer: exact resume, atomic checkpoint writes, early stopping with best-weight restore, optimizers,
+regression, AMP, and DDP with 2 gloo processes on CPU."""
 import os
 import socket
 
@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fastint.data.synthetic import make_synthetic
-from fastint.train.trainer import TrainConfig, Trainer, resolve_device
+from fastint.train.trainer import TrainConfig, Trainer, _save_atomically, resolve_device
 from fastint.models import build_model
 
 # small models; dropout where the model has it, so the resume test also covers the RNG state
@@ -50,6 +50,24 @@ def test_resume_equals_uninterrupted(data, tmp_path, prefetch):
     for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
     assert result["test"] == full["test"] and result["history"] == full["history"]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    """While a checkpoint is being written, ``last.pt`` still holds the previous complete one (what
+    a process killed mid-write leaves behind); a failed write leaves no temporary file."""
+    path = str(tmp_path / "last.pt")
+    _save_atomically({"step": 1}, path)
+    during = []
+
+    class Interrupted:
+        def __reduce__(self):  # pickled in the middle of the write
+            during.append((torch.load(path, weights_only=False), os.path.exists(path + ".tmp")))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _save_atomically({"step": 2, "weights": torch.zeros(1000), "crash": Interrupted()}, path)
+    assert during == [({"step": 1}, True)]
+    assert torch.load(path, weights_only=False) == {"step": 1} and os.listdir(tmp_path) == ["last.pt"]
 
 
 def test_early_stopping_restores_best_weights(data, tmp_path):
