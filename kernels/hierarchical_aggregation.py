@@ -200,6 +200,28 @@ def _hierarchical_aggregation_bwd_kernel(
 # launch configuration (pure Python: inspectable and compilable without a GPU)
 # ----------------------------------------------------------------------------------------------
 
+# Register pressure of a program's row tiles, as the static gate (sm_80 and sm_90) measured it: the
+# forward holds X_1 and X_i ([rows, D_PAD] each) and the projection ([rows, A_PAD]), and 4 warps
+# hold 128 x (2*16 + 64) elements without spilling; the backward's spills follow D_PAD alone (its
+# gradients of X_1, X_i and U), 4 warps holding 64 x 3*16. At d = 16 fewer rows or more warps made
+# ptxas spill more for a = 32..64, so those keep 64 rows and 4 warps.
+def _tile_elements(rows: int, d_pad: int, a_pad: int, backward: bool) -> int:
+    return rows * (3 * d_pad if backward else 2 * d_pad + a_pad)
+
+
+_FOUR_WARP_ELEMENTS = {False: 12288, True: 4096}
+
+
+def _tile_warps(samples: int, m_pad: int, d_pad: int, a_pad: int, backward: bool) -> tuple[int, int]:
+    """``(SAMPLES, num_warps)``: fewer samples per program until 4 warps hold the row tiles within
+    the budget, else (at one sample) 8 warps. 16 warps would cap ptxas at 128 registers, which
+    spilled more than 8 warps at 255 (d = 40)."""
+    samples, budget = max(1, samples), _FOUR_WARP_ELEMENTS[backward]
+    while samples > 1 and _tile_elements(samples * m_pad, d_pad, a_pad, backward) > budget:
+        samples //= 2
+    return samples, 4 if _tile_elements(samples * m_pad, d_pad, a_pad, backward) <= budget else 8
+
+
 def launch_config(batch: int, fields: int, dim: int, attention_dim: int, orders: int,
                   dtype: torch.dtype, target: Target, *, backward: bool = False,
                   return_attention: bool = False, grad_u: bool = True, grad_alpha: bool = False
@@ -207,17 +229,15 @@ def launch_config(batch: int, fields: int, dim: int, attention_dim: int, orders:
     """The launch of the forward (or ``backward``) kernel for ``x1 [batch, fields, dim]`` in
     ``dtype`` with ``orders`` orders of attention width ``attention_dim``.
 
-    On a GPU about 128 projection rows (``SAMPLES * M_PAD``) per forward program and 64 per backward
-    program (about 240 registers/thread at 128 rows on sm_90 for d = a = 16), halved for d or
-    a >= 128; a handful of large programs under the interpreter. Forward grid: one program per
-    tile; backward: a few programs per SM, each looping over tiles."""
+    On a GPU up to 128 projection rows (``SAMPLES * M_PAD``) per forward program and 64 per
+    backward program, fewer (or 8 warps) for wide tiles as ``_tile_warps`` chooses; a handful of
+    large programs under the interpreter. Forward grid: one program per tile; backward: a few
+    programs per SM, each looping over tiles."""
     m_pad, d_pad, a_pad = next_pow2(fields), next_pow2(dim), next_pow2(attention_dim)
     if target.interpreter:
         samples, num_warps = interpreter_samples(batch), 4
     else:
-        rows = (64 if backward else 128) // (2 if max(d_pad, a_pad) >= 128 else 1)
-        samples = max(1, rows // m_pad)
-        num_warps = 8 if samples * m_pad * max(d_pad, a_pad) > 8192 else 4
+        samples, num_warps = _tile_warps((64 if backward else 128) // m_pad, m_pad, d_pad, a_pad, backward)
     num_tiles = triton.cdiv(batch, samples)
     meta = dict(K=orders, SAMPLES=samples, M_PAD=m_pad, D_PAD=d_pad, A_PAD=a_pad,
                 PRECISION=dot_precision(dtype))

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from fastint import use_backend
+from fastint.kernels import hierarchical_aggregation as kernels
+from fastint.kernels._common import Target
 from fastint.ops.hierarchical_aggregation import hierarchical_aggregation
 from fastint.reference.hierarchical_aggregation import hierarchical_aggregation as reference
 from tests.helpers import (KERNEL_DEVICE, KERNEL_DTYPES, assert_compiled_grads_match,
@@ -206,3 +208,21 @@ def test_gradcheck_float64_reference_path():
 def test_kernel_backend_rejects_float64():
     with use_backend("kernel"), pytest.raises(TypeError, match="fused kernels take"):
         hierarchical_aggregation(**{k: v.double() for k, v in shapes().items()})
+
+
+H100 = Target(interpreter=False, sm_count=132, capability=(9, 0))
+
+
+@pytest.mark.parametrize("backward, fields, dim, att, samples, num_warps", [
+    (False, 39, 16, 16, 2, 4),     # 128 rows of 2*16 + 16: within the 4-warp budget
+    (False, 10, 40, 16, 4, 4),     # D_PAD 64: 128 rows would spill, 64 do not
+    (False, 39, 40, 64, 1, 4),     # one sample: 64 rows of 2*64 + 64 fill the budget exactly
+    (True, 10, 16, 64, 4, 4),      # the backward's budget follows D_PAD: a = 64 keeps 64 rows
+    (True, 10, 40, 16, 1, 4),
+    (True, 39, 40, 16, 1, 8),      # one sample of 64 rows is still too wide for 4 warps
+])
+def test_launch_config_on_gpu(backward, fields, dim, att, samples, num_warps):
+    """The launch the static gate measured without spills where it could (see ``_tile_warps``)."""
+    cfg = kernels.launch_config(65536, fields, dim, att, 3, torch.float16, H100, backward=backward)
+    assert (cfg.meta["SAMPLES"], cfg.num_warps) == (samples, num_warps)
+    assert cfg.maxnreg == 255 and cfg.num_stages == (1 if backward else None)
