@@ -72,6 +72,10 @@ GPUS = {90: Gpu("H100/H200", 90, 132, 227 * 1024, 228 * 1024),
 # dtype name -> (torch dtype, allow_tf32)
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "fp16": (torch.float16, False),
           "bf16": (torch.bfloat16, False)}
+# TF32 is the fp32 kernel with one tensor-core pass per dot instead of three (3xTF32): it needs
+# fewer registers, and every TF32 failure of the CI subset had its fp32 twin failing too (11 of 11,
+# 2026-12-01), so the CI subset leaves it to the full matrix (a quarter of the CI compile time).
+FULL_MATRIX_ONLY_DTYPES = ("tf32",)
 BATCH = 65536
 
 # field_attention variants by their code-changing flags: (parameters present, options)
@@ -126,7 +130,7 @@ def _fa_shapes(full: bool):
 
 
 def build_cases(full: bool) -> list[Case]:
-    """The CI subset (the papers' configurations, M = 39) or the full matrix."""
+    """The CI subset (the papers' configurations, M = 39; no TF32) or the full matrix."""
     shapes = []
     for s in _fa_shapes(full):
         for kernel in ("fwd", "bwd"):
@@ -145,8 +149,9 @@ def build_cases(full: bool) -> list[Case]:
             shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m)))
             if (d, a, orders) == (16, 16, 3):
                 shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m, attention=True)))
+    dtypes = DTYPES if full else [d for d in DTYPES if d not in FULL_MATRIX_ONLY_DTYPES]
     return [Case(op, kernel, tuple(shape.items()), dtype, cap)
-            for (op, kernel, shape), dtype, cap in itertools.product(shapes, DTYPES, GPUS)]
+            for (op, kernel, shape), dtype, cap in itertools.product(shapes, dtypes, GPUS)]
 
 
 # ----------------------------------------------------------------------------------------------
