@@ -28,12 +28,8 @@ def field_attention(x: Tensor, w_qkv: Tensor, b_qkv: Tensor | None = None, w_res
     batch, fields, _ = x.shape
     width = w_qkv.shape[1] // 3
     head_dim = width // num_heads
-    # straight into the [3, B, H, M, dh] layout the batched matmuls read contiguously (on the CPU
-    # ~1.4x faster than x @ W_qkv then a permuted view)
-    qkv = torch.einsum("bmd,dthe->tbhme", x, w_qkv.view(-1, 3, num_heads, head_dim))
-    if b_qkv is not None:
-        qkv = qkv + b_qkv.view(3, 1, num_heads, 1, head_dim)
-    q, k, v = _relu_if(qkv, opts.qkv_relu)                                           # [B, H, M, dh]
+    qkv = _relu_if(F.linear(x, w_qkv.T, b_qkv), opts.qkv_relu)                      # [B, M, 3*H*dh]
+    q, k, v = qkv.view(batch, fields, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)  # [B, H, M, dh]
     scores = q @ k.transpose(-1, -2)                                                  # [B, H, M, M]
     scale = opts.score_scale(head_dim)
     attention = torch.softmax(scores if scale == 1.0 else scale * scores, dim=-1)
