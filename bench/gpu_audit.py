@@ -91,8 +91,8 @@ FA_VARIANTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    op: str                      # field_attention | afm_pooling | hierarchical_aggregation
-    kernel: str                  # fwd | bwd
+    op: str                      # field_attention | afm_pooling | hierarchical_aggregation | mfi
+    kernel: str                  # fwd | bwd (mfi: fwd | bwd-dE | bwd-params)
     shape: tuple                 # ((name, value), ...)
     dtype: str                   # a key of DTYPES
     capability: int              # a key of GPUS
@@ -149,9 +149,19 @@ def build_cases(full: bool) -> list[Case]:
             shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m)))
             if (d, a, orders) == (16, 16, 3):
                 shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m, attention=True)))
+    mfi = (itertools.product((8, 20, 40), (2, 3, 4), (10, 39)) if full
+           else [(20, 2, 39), (20, 3, 39), (40, 2, 23)])
+    for d, order, m in mfi:
+        for kernel in MFI_KERNELS:
+            shapes.append(("multi_function_interactions", kernel, dict(d=d, p=order, M=m, F=4)))
     dtypes = DTYPES if full else [d for d in DTYPES if d not in FULL_MATRIX_ONLY_DTYPES]
     return [Case(op, kernel, tuple(shape.items()), dtype, cap)
             for (op, kernel, shape), dtype, cap in itertools.product(shapes, dtypes, GPUS)]
+
+
+# multi_function_interactions' backward launches two kernels: the case's kernel -> launch index
+MFI_KERNELS = {"fwd": 0, "bwd-dE": 0, "bwd-params": 1}
+MFI_TUPLES = 64        # tuples of order >= 3 in the matrix (the top-K candidates of a search)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +177,7 @@ def _run_launcher(case: Case, dtype: torch.dtype) -> None:
     from fastint.kernels import afm_pooling, field_attention, hierarchical_aggregation
     from fastint.options import FieldAttentionOptions
 
-    p, B, bwd = case.params, BATCH, case.kernel == "bwd"
+    p, B, bwd = case.params, BATCH, case.kernel.startswith("bwd")
 
     def E(*shape):
         return _meta(*shape, dtype=dtype)
@@ -197,6 +207,20 @@ def _run_launcher(case: Case, dtype: torch.dtype) -> None:
             afm_pooling.backward(E(B, k), a if attention else None, *args, a, stats)
         else:
             afm_pooling.forward(*args, bool(p.get("attention")))
+    elif case.op == "multi_function_interactions":
+        from fastint.kernels import multi_function_interactions as mfi
+        from fastint.reference.multi_function_interactions import all_tuples
+
+        d, order, m, functions = p["d"], p["p"], p["M"], p["F"]
+        tuples = all_tuples(m, order)[:MFI_TUPLES if order > 2 else None]
+        plan = mfi.build_plan(tuples, None, list(range(functions)), functions)
+        plan = dataclasses.replace(plan, **{f: getattr(plan, f).to("meta")
+                                            for f in ("entries", "table_starts", "parametric")})
+        args = (E(B, functions, m, d), plan, E(tuples.shape[0], d), E(tuples.shape[0]), E(order, d))
+        if bwd:
+            mfi.backward(E(B, functions, tuples.shape[0]), *args)
+        else:
+            mfi.forward(*args)
     else:
         d, a, orders, m = p["d"], p["a"], p["K"], p["M"]
         args = (E(B, m, d), E(orders, d, a), E(orders, a), E(orders, a))
@@ -209,7 +233,8 @@ def _run_launcher(case: Case, dtype: torch.dtype) -> None:
 
 def record_launch(case: Case):
     """The ``(LaunchConfig, runtime arguments)`` the launcher would launch for ``case``."""
-    from fastint.kernels import _common, afm_pooling, field_attention, hierarchical_aggregation
+    from fastint.kernels import (_common, afm_pooling, field_attention, hierarchical_aggregation,
+                                 multi_function_interactions)
 
     gpu = GPUS[case.capability]
     target = _common.Target(interpreter=False, sm_count=gpu.sm_count, capability=(gpu.capability // 10, 0))
@@ -221,14 +246,20 @@ def record_launch(case: Case):
         with contextlib.ExitStack() as stack:
             stack.enter_context(mock.patch.object(_common.LaunchConfig, "launch",
                                                   lambda cfg, *args: launches.append((cfg, args))))
-            for module in (afm_pooling, field_attention, hierarchical_aggregation):
+            for module in (afm_pooling, field_attention, hierarchical_aggregation,
+                           multi_function_interactions):
                 stack.enter_context(mock.patch.object(module, "target_of", lambda device: target))
             _run_launcher(case, dtype)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    if len(launches) != 1:
-        raise RuntimeError(f"{case.key()}: expected one launch, recorded {len(launches)}")
-    return launches[0]
+    if case.op == "multi_function_interactions":
+        index = MFI_KERNELS[case.kernel]
+        expected = 2 if case.kernel.startswith("bwd") else 1
+    else:
+        index, expected = 0, 1
+    if len(launches) != expected:
+        raise RuntimeError(f"{case.key()}: expected {expected} launches, recorded {len(launches)}")
+    return launches[index]
 
 
 def specialise(cfg, args):
@@ -367,7 +398,7 @@ def to_markdown(cases: list[Case], results: dict[str, dict], title: str) -> str:
     for (op, kernel, label, dtype), by_cap in rows.items():
         first = next(iter(by_cap.values()))
         meta = " ".join(f"{k}={v}" for k, v in first.get("meta", {}).items() if k != "PRECISION")
-        meta += f" {first['meta']['PRECISION']}" if "meta" in first else ""
+        meta += f" {first['meta']['PRECISION']}" if "PRECISION" in first.get("meta", {}) else ""
         lines.append(f"| {op} | {kernel} | {label} | {dtype} | {meta} | "
                      + " | ".join(_cell(by_cap[c]) for c in GPUS) + " |")
     return "\n".join(lines)
