@@ -91,8 +91,8 @@ FA_VARIANTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    op: str                      # field_attention | afm_pooling | hierarchical_aggregation | mfi
-    kernel: str                  # fwd | bwd (mfi: fwd | bwd-dE | bwd-params)
+    op: str                      # field_attention | afm_pooling | hierarchical_aggregation | multi_function_interactions
+    kernel: str                  # fwd | bwd (multi_function_interactions: fwd | bwd_embeddings | bwd_parameters)
     shape: tuple                 # ((name, value), ...)
     dtype: str                   # a key of DTYPES
     capability: int              # a key of GPUS
@@ -149,8 +149,8 @@ def build_cases(full: bool) -> list[Case]:
             shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m)))
             if (d, a, orders) == (16, 16, 3):
                 shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m, attention=True)))
-    mfi = (itertools.product((8, 20, 40), (2, 3, 4), (10, 39)) if full
-           else [(20, 2, 39), (20, 3, 39), (40, 2, 23)])
+    mfi = (itertools.product((8, 20, 40), (2, 3, 4), (10, 23, 39)) if full
+           else [(20, 2, 39), (40, 3, 23)])
     for d, order, m in mfi:
         for kernel in MFI_KERNELS:
             shapes.append(("multi_function_interactions", kernel, dict(d=d, p=order, M=m, F=4)))
@@ -160,7 +160,7 @@ def build_cases(full: bool) -> list[Case]:
 
 
 # multi_function_interactions' backward launches two kernels: the case's kernel -> launch index
-MFI_KERNELS = {"fwd": 0, "bwd-dE": 0, "bwd-params": 1}
+MFI_KERNELS = {"fwd": 0, "bwd_embeddings": 0, "bwd_parameters": 1}
 MFI_TUPLES = 64        # tuples of order >= 3 in the matrix (the top-K candidates of a search)
 
 

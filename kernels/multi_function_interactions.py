@@ -18,13 +18,13 @@ plan in tiles of ``ENTRY_BLOCK`` entries, gathers the ``p`` rows of every entry 
 
 Backward, two kernels (saved: only the inputs; the products are recomputed):
 
-* ``_mfi_grad_embeddings_kernel`` — per sample and table, over that table's entries: with
+* ``_multi_function_interactions_bwd_embeddings_kernel`` — per sample and table, over that table's entries: with
   ``c = dz * kappa_q * s_q`` (the factors that apply),
   ``dx_r = c * prod_{r' != r} x_r'`` (outer entries: ``dz * prod_{r' != r} u_r' * w_r``).
   ``dE`` of a (sample, table) accumulates on chip in ``[M_PAD, D_PAD]`` by one-hot ``tl.dot``s
   (an entry's fields are in the same program: no scatter, no atomics) and is stored once; the
   one-hot operand is exact in tf32, so the dots run as 3xTF32 (fp32-level accuracy).
-* ``_mfi_grad_parameters_kernel`` — program ``(chunk, tile)`` owns one tile of the entries that
+* ``_multi_function_interactions_bwd_parameters_kernel`` — program ``(chunk, tile)`` owns one tile of the entries that
   have parameters (kernel, scalar, outer) and loops over one chunk of the batch, accumulating in
   registers ``sum_b dz prod`` (-> ``dkappa_q``, and ``ds_q`` after summing over ``k``) and the
   outer entries' ``sum_b dz prod_{r' != r} u_r' x_r`` (-> ``dw_r``). Each program stores its own
@@ -187,7 +187,7 @@ def _accumulate_rows(de, fields, grad, valid, offs_m):
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
-def _mfi_fwd_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, z_ptr, B, T, M, d, A, FP,
+def _multi_function_interactions_fwd_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, z_ptr, B, T, M, d, A, FP,
                     samples_per_program, ENTRY_BLOCK: tl.constexpr, D_PAD: tl.constexpr,
                     ORDER: tl.constexpr, HAS_KAPPA: tl.constexpr, HAS_S: tl.constexpr,
                     HAS_W: tl.constexpr):
@@ -214,7 +214,7 @@ def _mfi_fwd_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, z_ptr, B, T, M, d,
 
 
 @triton.jit
-def _mfi_grad_embeddings_kernel(e_ptr, plan_ptr, starts_ptr, kappa_ptr, s_ptr, w_ptr, dz_ptr, de_ptr,
+def _multi_function_interactions_bwd_embeddings_kernel(e_ptr, plan_ptr, starts_ptr, kappa_ptr, s_ptr, w_ptr, dz_ptr, de_ptr,
                                 B, T, M, d, A, FP, samples_per_program, ENTRY_BLOCK: tl.constexpr,
                                 M_PAD: tl.constexpr, D_PAD: tl.constexpr, ORDER: tl.constexpr,
                                 HAS_KAPPA: tl.constexpr, HAS_S: tl.constexpr, HAS_W: tl.constexpr):
@@ -258,7 +258,7 @@ def _mfi_grad_embeddings_kernel(e_ptr, plan_ptr, starts_ptr, kappa_ptr, s_ptr, w
 
 
 @triton.jit
-def _mfi_grad_parameters_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, dz_ptr, dkappa_ptr, ds_ptr,
+def _multi_function_interactions_bwd_parameters_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, dz_ptr, dkappa_ptr, ds_ptr,
                                 dw_ptr, B, T, M, d, A, P, FP, samples_per_program,
                                 ENTRY_BLOCK: tl.constexpr, D_PAD: tl.constexpr, ORDER: tl.constexpr,
                                 HAS_KAPPA: tl.constexpr, HAS_S: tl.constexpr, HAS_W: tl.constexpr):
@@ -312,38 +312,43 @@ def _mfi_grad_parameters_kernel(e_ptr, plan_ptr, kappa_ptr, s_ptr, w_ptr, dz_ptr
 # launch configuration (pure Python: inspectable and compilable without a GPU)
 # ----------------------------------------------------------------------------------------------
 
-KERNELS = ("fwd", "grad_embeddings", "grad_parameters")
+KERNELS = ("fwd", "bwd_embeddings", "bwd_parameters")
 
 
 def launch_config(kernel: str, batch: int, fields: int, dim: int, order: int, active: int,
                   dtype: torch.dtype, target: Target, *, has_kappa: bool, has_s: bool,
                   has_w: bool) -> LaunchConfig:
     """The launch of ``kernel`` (one of ``KERNELS``) for ``E [batch, T, fields, dim]`` in ``dtype``,
-    tuples of ``order`` and ``active`` planned entries (for ``grad_parameters``: the parametric
+    tuples of ``order`` and ``active`` planned entries (for ``bwd_parameters``: the parametric
     ones); ``has_*``: which function parameters are present.
 
-    GPU: forward and dE grids are persistent (16 programs per SM) over the samples; tiles of 64
-    entries forward, 32 for the dE kernel (its one-hot dots) and for order >= 3 or ``D_PAD >= 64``
-    (more rows per entry in registers); the parameter kernel's grid is ``(chunks, tiles)`` with
-    about 4 programs per SM. Every launch with ``register_cap``; the backward kernels without
-    pipelining. Interpreter: few programs, tiles of up to 256 entries (64 for the parameter
-    kernel), two batch chunks (so that tests exercise the slot reduction)."""
+    GPU (sizes from the static gate: the smallest that do not spill): forward and dE grids are
+    persistent (16 programs per SM) over the samples; forward tiles of 64 entries, 32 when
+    "wide" (order >= 3 or ``D_PAD >= 64``: more rows per entry in registers); dE tiles of 16 (its
+    one-hot dots hold ``[M_PAD, D_PAD]`` accumulators), with 8 warps when wide; parameter tiles of
+    32, 16 when wide, on a ``(chunks, tiles)`` grid of about 4 programs per SM. Every launch with
+    ``register_cap``; the backward kernels without pipelining. Interpreter: few programs, tiles of
+    up to 256 entries (64 for the parameter kernel), two batch chunks (so that tests exercise the
+    slot reduction)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     d_pad = next_pow2(dim)
     meta = dict(D_PAD=d_pad, ORDER=order, HAS_KAPPA=has_kappa, HAS_S=has_s, HAS_W=has_w)
-    if target.interpreter:
-        block = min(64 if kernel == "grad_parameters" else 256, next_pow2(active))
-    else:
-        wide = order > 2 or d_pad >= 64
-        block = min(16 if kernel == "grad_embeddings" else 32 if wide else 64, next_pow2(active))
+    wide = order > 2 or d_pad >= 64
     num_warps = 4
+    if target.interpreter:
+        block = min(64 if kernel == "bwd_parameters" else 256, next_pow2(active))
+    elif kernel == "fwd":
+        block = min(32 if wide else 64, next_pow2(active))
+    else:
+        block = min(16 if kernel == "bwd_embeddings" or wide else 32, next_pow2(active))
+        num_warps = 8 if kernel == "bwd_embeddings" and wide else 4
     options = dict(num_warps=num_warps, maxnreg=register_cap(num_warps))
     if kernel == "fwd":
-        return LaunchConfig(_mfi_fwd_kernel, (persistent_programs(batch, target, _PROGRAMS_PER_SM),),
+        return LaunchConfig(_multi_function_interactions_fwd_kernel, (persistent_programs(batch, target, _PROGRAMS_PER_SM),),
                             {**meta, "ENTRY_BLOCK": block}, **options)
-    if kernel == "grad_embeddings":
-        return LaunchConfig(_mfi_grad_embeddings_kernel,
+    if kernel == "bwd_embeddings":
+        return LaunchConfig(_multi_function_interactions_bwd_embeddings_kernel,
                             (persistent_programs(batch, target, _PROGRAMS_PER_SM),),
                             {**meta, "ENTRY_BLOCK": block, "M_PAD": next_pow2(fields)}, num_stages=1,
                             **options)
@@ -353,7 +358,7 @@ def launch_config(kernel: str, batch: int, fields: int, dim: int, order: int, ac
     else:
         chunks = max(1, min(triton.cdiv(_PARAMETER_PROGRAMS_PER_SM * target.sm_count, tiles),
                             triton.cdiv(batch, 64)))
-    return LaunchConfig(_mfi_grad_parameters_kernel, (chunks, tiles), {**meta, "ENTRY_BLOCK": block},
+    return LaunchConfig(_multi_function_interactions_bwd_parameters_kernel, (chunks, tiles), {**meta, "ENTRY_BLOCK": block},
                         num_stages=1, **options)
 
 
@@ -397,13 +402,13 @@ def backward(grad_z: torch.Tensor, embeddings: torch.Tensor, plan: Plan, kappa: 
     if B == 0 or plan.active == 0:
         grad_e.zero_()
     else:
-        cfg = _config("grad_embeddings", embeddings, plan, plan.active, kappa, s, w)
+        cfg = _config("bwd_embeddings", embeddings, plan, plan.active, kappa, s, w)
         cfg.launch(embeddings, plan.entries, plan.table_starts, *params, grad_z, grad_e,
                    B, T, M, d, plan.active, F * P, triton.cdiv(B, cfg.grid[0]))
     if kappa is None and s is None and w is None:
         return grad_e, None, None, None
     parametric = plan.parametric.shape[1]
-    cfg = _config("grad_parameters", embeddings, plan, max(parametric, 1), kappa, s, w)
+    cfg = _config("bwd_parameters", embeddings, plan, max(parametric, 1), kappa, s, w)
     chunks, tiles = cfg.grid
     dkappa = torch.zeros(chunks, P, d, dtype=torch.float32, device=device)
     ds = torch.zeros(chunks, P, dtype=torch.float32, device=device)

@@ -6,6 +6,9 @@ This is the authors' formulation: gather the rows of every tuple and materialise
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 
 INNER, KERNEL, SCALAR, OUTER = "inner", "kernel", "scalar", "outer"
@@ -35,7 +38,7 @@ def multi_function_interactions(embeddings: torch.Tensor, tuples: torch.Tensor,
         if name == OUTER:
             z = torch.stack([row @ w[r] for r, row in enumerate(rows)]).prod(0)
         else:
-            prod = torch.stack(rows).prod(0)                                   # [B, P, d]
+            prod = functools.reduce(operator.mul, rows)                        # [B, P, d]
             if name == KERNEL:
                 z = (prod * kappa).sum(-1)
             elif name == SCALAR:

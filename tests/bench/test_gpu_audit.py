@@ -22,7 +22,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_ci_subset_covers_every_op_kernel_dtype_and_target():
     cases = gpu_audit.build_cases(full=False)
     assert {(c.op, c.kernel) for c in cases} == {
-        (op, k) for op in ("field_attention", "afm_pooling", "hierarchical_aggregation") for k in ("fwd", "bwd")}
+        (op, k) for op in ("field_attention", "afm_pooling", "hierarchical_aggregation") for k in ("fwd", "bwd")
+    } | {("multi_function_interactions", k) for k in ("fwd", "bwd_embeddings", "bwd_parameters")}
     assert {c.dtype for c in cases} == {"fp32", "fp16", "bf16"}          # TF32: the full matrix only
     assert {c.dtype for c in gpu_audit.build_cases(full=True)} == {"fp32", "tf32", "fp16", "bf16"}
     assert {c.capability for c in cases} == {80, 90}
@@ -42,7 +43,7 @@ def test_records_each_launchers_own_launch_and_compiles_one_for_sm90():
                 signature, constexprs, _ = gpu_audit.specialise(cfg, args)
                 out[c.op + "/" + c.kernel] = dict(
                     name=cfg.kernel.__name__, grid=list(cfg.grid), maxnreg=cfg.maxnreg,
-                    precision=cfg.meta["PRECISION"], first=signature[cfg.kernel.arg_names[0]],
+                    precision=cfg.meta.get("PRECISION"), first=signature[cfg.kernel.arg_names[0]],
                     constexprs=len(constexprs), meta=len(cfg.meta))
         case = next(c for c in gpu_audit.build_cases(full=False) if c.op == "hierarchical_aggregation"
                     and c.kernel == "fwd" and c.dtype == "fp16" and c.capability == 90)
@@ -58,6 +59,11 @@ def test_records_each_launchers_own_launch_and_compiles_one_for_sm90():
             assert len(launch["grid"]) == 1 and launch["grid"][0] >= 1 and launch["maxnreg"]
             assert launch["precision"] == "ieee" and launch["first"] == "*bf16"   # bf16 operands
             assert launch["constexprs"] >= launch["meta"]
+    for kernel in ("fwd", "bwd_embeddings", "bwd_parameters"):     # its dots are one-hot: no PRECISION
+        launch = out[f"multi_function_interactions/{kernel}"]
+        assert launch["name"] == f"_multi_function_interactions_{kernel}_kernel"
+        assert launch["first"] == "*bf16" and launch["maxnreg"] and launch["constexprs"] >= launch["meta"]
+        assert len(launch["grid"]) == (2 if kernel == "bwd_parameters" else 1) and min(launch["grid"]) >= 1
     compiled = out["compiled"]
     assert compiled["ok"], compiled["problems"]
     assert 16 <= compiled["regs"] <= 255 and compiled["spill_stores"] == 0
