@@ -115,7 +115,7 @@ class FieldEmbedding(nn.Module):
             if t.device != self.weight.device:
                 raise ValueError(f"batch.{kind} is on {t.device}, the embedding table on {self.weight.device}")
             sizes[kind] = t.shape[0]
-        if len(set(sizes.values())) > 1:
+        if any(size != next(iter(sizes.values())) for size in sizes.values()):  # SymInts: no set()
             raise ValueError(f"batch tensors disagree on the batch size: {sizes}")
         if self._counts["numeric"]:
             check_finite("batch.numeric", batch.numeric)
