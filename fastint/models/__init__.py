@@ -6,12 +6,13 @@ import inspect
 import typing
 
 from fastint.models.afm import AFM
+from fastint.models.aim import AIM, AutoFIS
 from fastint.models.autoint import AutoInt
 from fastint.models.base import CTRModel
 from fastint.models.interhat import InterHAt
 from fastint.schema import Schema
 
-MODELS: dict[str, type[CTRModel]] = {cls.name: cls for cls in (AutoInt, AFM, InterHAt)}
+MODELS: dict[str, type[CTRModel]] = {cls.name: cls for cls in (AutoInt, AFM, InterHAt, AIM, AutoFIS)}
 
 
 def _accepts(annotation, value) -> bool:
@@ -58,11 +59,13 @@ def check_hyperparameters(name: str, hparams: dict) -> None:
 
 
 def build_model(name: str, schema: Schema, **hparams) -> CTRModel:
-    """Build model ``name`` (a key of ``MODELS``: ``autoint``, ``afm``, ``interhat``) for ``schema``
-    with the constructor's keyword ``hparams`` (checked by ``check_hyperparameters``). Every model
-    records its ``config``, which rebuilds it: ``build_model(schema=schema, **model.config)``."""
+    """Build model ``name`` (a key of ``MODELS``: ``autoint``, ``afm``, ``interhat``, ``aim``,
+    ``autofis``) for ``schema`` with the constructor's keyword ``hparams`` (checked by
+    ``check_hyperparameters``). Every model records its ``config``, which rebuilds it:
+    ``build_model(schema=schema, **model.config)``."""
     check_hyperparameters(name, hparams)
     return _model_class(name)(schema, **hparams)
 
 
-__all__ = ["AFM", "AutoInt", "CTRModel", "InterHAt", "MODELS", "build_model", "check_hyperparameters"]
+__all__ = ["AFM", "AIM", "AutoFIS", "AutoInt", "CTRModel", "InterHAt", "MODELS", "build_model",
+           "check_hyperparameters"]

@@ -5,6 +5,11 @@
     fastint explain   RUN_DIR [--split test] [--samples 2048] [--out DIR]
     fastint bench     [--bench-dir bench] [-k EXPR] [--json PATH]
 
+``fastint train --model aim`` (or ``autofis``) runs the stages of the interaction search
+(``fastint.train.search``: ``--param stage=all|interactions|dimensions|retrain``, ``--param
+selection=RUN/selection.json`` for one stage after a previous run) and writes ``selection.json`` and
+its pictures next to the retrained model's metrics; ``fastint explain`` redraws them.
+
 ``fastint train`` with no arguments trains AutoInt on the built-in synthetic dataset and prints
 valid/test AUC and logloss next to the dataset's Bayes-optimal AUC, the throughput, and writes the run
 (``config.json``, ``metrics.json``, ``checkpoints/``, attention heatmaps) to ``runs/<model>-<dataset>``.
@@ -47,6 +52,8 @@ from fastint.data import DATASETS, Dataset, load_dataset
 from fastint.data.loader import BatchLoader
 from fastint.metrics import compute_metrics
 from fastint.models import MODELS, CTRModel, build_model, check_hyperparameters
+from fastint.train.search import (SEARCHABLE, SELECTION, Search, SearchError, describe_selection, draw_selection,
+                                  split_params)
 from fastint.train.trainer import (OPTIMIZERS, TrainConfig, Trainer, init_distributed, predict, resolve_device,
                                    seed_everything)
 
@@ -143,7 +150,10 @@ def resolve_run_config(args) -> dict:
     if cfg["model"] not in MODELS:
         raise UsageError(f"unknown model {cfg['model']!r}; choose from {', '.join(MODELS)}")
     with user_errors(ValueError, context=f"model {cfg['model']}"):
-        check_hyperparameters(cfg["model"], cfg["model_params"])
+        params = cfg["model_params"]
+        if cfg["model"] in SEARCHABLE:  # its search options ride along with the hyper-parameters
+            params = split_params(cfg["model"], params)[1]
+        check_hyperparameters(cfg["model"], params)
     if cfg["dataset"] not in DATASETS:
         raise UsageError(f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}")
     if cfg["dataset"] != "synthetic" and not cfg["data_path"]:
@@ -196,19 +206,34 @@ def cmd_train(args) -> int:
     data = open_dataset(cfg, train_cfg.seed, train_cfg.progress and rank == 0)
     if world > 1 and rank == 0:
         dist.barrier()
-    model = build_run_model({"name": cfg["model"], **cfg["model_params"]}, data.schema)
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"dataset {cfg['dataset']}: {len(data):,} rows ({data.split_size('train'):,} train), "
         f"{data.schema.num_fields} fields, positive rate {data.info.get('positive_rate', float('nan')):.3f}")
-    say(f"model {cfg['model']}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    def resume(trainer: Trainer) -> None:
+        if args.resume:
+            with user_errors(*CHECKPOINT_ERRORS, context=f"cannot resume from {args.resume}"):
+                trainer.load_checkpoint(args.resume)
+
+    search = None
+    if cfg["model"] in SEARCHABLE:  # the stages of the AIM/AutoFIS search (fastint.train.search)
+        with user_errors(SearchError):
+            search = Search(cfg["model"], *split_params(cfg["model"], cfg["model_params"]), train_cfg, data,
+                            cfg["out"], log=say, prepare=resume)
+    else:
+        model = build_run_model({"name": cfg["model"], **cfg["model_params"]}, data.schema)
+        say(f"model {cfg['model']}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if rank == 0:
         _write_json(os.path.join(output_dir(cfg["out"]), "config.json"), {**cfg, "train": asdict(train_cfg)})
-    with user_errors(ValueError):  # option combinations the trainer rejects (e.g. sparse_adam, dense model)
-        trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
-    if args.resume:
-        with user_errors(*CHECKPOINT_ERRORS, context=f"cannot resume from {args.resume}"):
-            trainer.load_checkpoint(args.resume)
-    result = trainer.fit()
+    if search is not None:
+        with user_errors(SearchError):
+            trainer, result = search.run()
+        model = trainer.model
+    else:
+        with user_errors(ValueError):  # option combinations the trainer rejects (e.g. sparse_adam, dense model)
+            trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
+        resume(trainer)
+        result = trainer.fit()
     if world > 1:
         dist.destroy_process_group()
     if result["interrupted"]:
@@ -226,7 +251,11 @@ def cmd_train(args) -> int:
     say(f"throughput: {result['throughput']:,.0f} training samples/s on {trainer.device} "
         f"({result['epochs']} epochs, best epoch {result['best_epoch']})")
     _write_json(os.path.join(cfg["out"], "metrics.json"), summary)
-    if hasattr(model, "explain"):
+    if search is not None:
+        for line in describe_selection(search.selection):
+            say(line)
+        say("wrote " + ", ".join([os.path.join(cfg["out"], SELECTION), *draw_selection(search.selection, cfg["out"])]))
+    elif hasattr(model, "explain"):
         from fastint.train.explain import explain_to_files
         loader = BatchLoader(data, "test", 1024, shuffle=False, device=trainer.device)
         written = explain_to_files(model, loader, cfg["out"])
@@ -281,6 +310,15 @@ def cmd_explain(args) -> int:
     if args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
     _, data, model, dev = load_run(args.run_dir, args.device)
+    selection = os.path.join(args.run_dir, SELECTION)
+    if model.name in SEARCHABLE and os.path.isfile(selection):  # the searched gates and dimensions
+        with user_errors(OSError, ValueError, context=f"cannot read {selection}"), open(selection) as f:
+            searched = json.load(f)
+        for line in describe_selection(searched):
+            print(line)
+        for path in draw_selection(searched, output_dir(args.out or args.run_dir)):
+            print(f"wrote {path}")
+        return 0
     if not hasattr(model, "explain"):
         explained = ", ".join(name for name, cls in MODELS.items() if hasattr(cls, "explain"))
         raise UsageError(f"model {model.name} has no explanation (models with one: {explained})")

@@ -160,9 +160,16 @@ def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def build_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizers of ``config.optimizer`` over the model's trainable parameters, plus, for a
+    model with ``architecture_optimizer()`` returning one (AIM/AutoFIS in a search stage: GRDA
+    over its gates), that optimizer last, its parameters left out of the others. The list is a
+    function of the model's config, so a checkpoint's optimizer states load in the same order."""
+    architecture = getattr(model, "architecture_optimizer", lambda: None)()
+    extra = [architecture] if architecture is not None else []
+    searched = {id(p) for opt in extra for g in opt.param_groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in searched]
     if config.optimizer == "adamw":
-        return [torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)]
+        return [torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay), *extra]
     sparse = _sparse_parameters(model) if config.optimizer == "sparse_adam" else []
     if config.optimizer == "sparse_adam" and not sparse:
         raise ValueError("optimizer sparse_adam needs a model built with sparse=True "
@@ -174,7 +181,7 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.
         opts.append(torch.optim.Adam(dense, lr=config.lr, weight_decay=config.weight_decay))
     if sparse:
         opts.append(torch.optim.SparseAdam(sparse, lr=config.lr))
-    return opts
+    return opts + extra
 
 
 @torch.no_grad()

@@ -20,6 +20,8 @@ SMALL = {
     "autoint": dict(embed_dim=8, num_layers=2, num_heads=2, head_dim=8, dnn_hidden_units=(16,)),
     "afm": dict(embed_dim=8, attention_dim=8),
     "interhat": dict(embed_dim=8, attention_dim=8, num_heads=2, num_orders=2),
+    "aim": dict(embed_dim=8, mlp_hidden_units=(16,)),
+    "autofis": dict(embed_dim=8),
 }
 
 
