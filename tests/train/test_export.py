@@ -62,3 +62,20 @@ def test_program_traced_on_the_kernel_backend_holds_the_fused_op(data, tmp_path)
 def test_example_batch_of_one_row_is_refused(data):
     with pytest.raises(ValueError, match="at least 2 rows"):
         export_model(build_model("afm", data.schema), batch_of(data, "train", 1))
+
+
+def test_cli_export_writes_a_checked_program(tmp_path, capsys, data):
+    import fastint.train.cli as cli
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "--model", "afm", "--rows", "2000", "--epochs", "1", "--batch-size", "256",
+                     "--no-progress", "--device", "cpu", "--param", "embed_dim=8", "--out", run]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", run]) == 0
+    out = capsys.readouterr().out
+    assert "model.pt2" in out and "max |difference|" in out
+    loaded = load_program(str(tmp_path / "run" / "model.pt2"))
+    batch = batch_of(data, "test", 11)
+    scores = scores_of(loaded, batch)
+    assert scores.shape == (11,) and ((scores > 0) & (scores < 1)).all()
+    assert cli.main(["export", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
