@@ -408,7 +408,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--prefetch", type=int, help="batches prepared ahead in a background thread")
     t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     t.add_argument("--stop-after-steps", type=int, help="checkpoint and stop after N steps (resume later)")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: the idle CPUs, from the affinity mask and the load)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue from checkpoints/last.pt of a run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)

@@ -22,6 +22,11 @@
   uninterrupted run, on the same device and thread count), also mid-epoch. Written atomically
   (temporary file, fsync, ``os.replace``): a process killed at any moment leaves the previous
   complete ``last.pt``, so a run killed between ``checkpoint_every`` checkpoints resumes exactly.
+* CPU threads: ``threads=0`` (default) uses the CPUs that are idle when training starts
+  (``fastint.train.threads``: the affinity mask minus the load average, shared by the processes
+  of one host under ``torchrun``); torch's own default (every core) collapses when other processes
+  hold cores (measured 12.6k vs 720 samples/s). Bit-identical reruns need the same thread count:
+  pass ``threads`` explicitly for them.
 * Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (nccl on
   CUDA, gloo on CPU), the model wrapped in DDP, each rank reads its shard of every epoch
   (``batch_size`` is per rank: the global batch is ``batch_size * world_size``); every rank
@@ -47,6 +52,7 @@ from tqdm.auto import tqdm
 from fastint.data.dataset import Dataset
 from fastint.data.loader import BatchLoader
 from fastint.metrics import HIGHER_IS_BETTER, compute_metrics
+from fastint.train.threads import available_cpus, cpu_threads_per_process
 
 OPTIMIZERS = ("adam", "adamw", "sparse_adam")
 
@@ -68,7 +74,7 @@ class TrainConfig:
     prefetch: int = 2               # batches assembled ahead in a background thread; 0 = off
     checkpoint_every: int = 0       # also checkpoint every N steps (0: at epoch ends only)
     stop_after_steps: int = 0       # checkpoint and return after N steps in total (0: off)
-    threads: int = 0                # torch CPU threads (0: torch's default)
+    threads: int = 0                # torch CPU threads (0: auto, the idle CPUs: fastint.train.threads)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -211,10 +217,14 @@ class Trainer:
         self.data = data
         self.out_dir = out_dir
         seed_everything(self.config.seed)
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
         self.rank, self.world_size, self.device = init_distributed(resolve_device(self.config.device))
         self.log = log if self.rank == 0 else (lambda msg: None)
+        threads = self.config.threads or (cpu_threads_per_process() if self.device.type == "cpu" else 0)
+        if threads:
+            torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            how = "--threads" if self.config.threads else f"auto: the idle ones of {available_cpus()} CPUs"
+            self.log(f"training on {torch.get_num_threads()} CPU thread(s) ({how})")
         self.model = model.to(self.device)
         self.task = getattr(model, "task", "binary")
         self.metric = self.config.metric if self.config.metric != "auto" else (
@@ -272,13 +282,16 @@ class Trainer:
             epoch = self.loader.epoch
             bar = tqdm(total=len(self.loader), initial=self.loader.position, desc=f"epoch {epoch + 1}",
                        disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
-            start = time.perf_counter()
+            start = epoch_start = time.perf_counter()
+            epoch_samples = 0
             for batch in self.loader:
                 loss = self._step(batch)
                 self.state["train_samples"] += batch.batch_size * self.world_size
+                epoch_samples += batch.batch_size * self.world_size
                 bar.update(1)
                 if self.global_step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    rate = epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
+                    bar.set_postfix(loss=f"{float(loss):.4f}", samples_per_s=f"{rate:,.0f}")
                 if cfg.stop_after_steps and self.global_step >= cfg.stop_after_steps:
                     self.state["train_seconds"] += time.perf_counter() - start
                     bar.close()
