@@ -8,21 +8,13 @@ import json
 import pytest
 import torch
 
-from fastint import Batch, Field, Schema, use_backend
+from fastint import use_backend
 from fastint.models import build_model
 from fastint.optim import GRDA
 from fastint.train.trainer import TrainConfig, build_optimizers
 from tests.helpers import KERNEL_DEVICE
-from tests.models.test_models import auc, planted_data
+from tests.models.test_models import SCHEMA, auc, planted_data, random_batch
 
-SCHEMA = Schema((
-    Field("c0", "categorical", vocab_size=7),
-    Field("n0", "numeric"),
-    Field("c1", "categorical", vocab_size=5),
-    Field("m0", "multi", vocab_size=6),
-    Field("c2", "categorical", vocab_size=4),
-    Field("n1", "numeric"),
-))
 TUPLES = [[0, 2], [1, 3], [2, 4], [0, 2, 4]]
 GATES = [[0.5, 0.0, 0.3, -0.2], [0.7, 0.1, 0.0, 0.0], [0.0, 0.4, 0.2, 0.9], [0.6, 0.0, 0.0, 0.8]]
 DIMS = [[0, 1], [2], [0, 1, 2, 3], [], [1, 3], [0]]
@@ -36,16 +28,6 @@ CONFIGS = {
     "autofis-deepfm-retrain": ("autofis", dict(base="deepfm", stage="retrain", embed_dim=4,
                                                tuples=[[0, 2], [2, 4]], gates=[[0.5], [1.5]], mlp_hidden_units=[8])),
 }
-
-
-def random_batch(b: int, device="cpu") -> Batch:
-    return Batch(
-        categorical=torch.stack([torch.randint(0, 8, (b,)), torch.randint(0, 5, (b,)),
-                                 torch.randint(-1, 4, (b,))], 1),
-        numeric=torch.randn(b, 2),
-        multi=torch.randint(-1, 7, (b, 1, 3)),
-        label=torch.randint(0, 2, (b,)).float(),
-    ).to(device)
 
 
 def build(key: str):
