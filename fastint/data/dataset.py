@@ -25,7 +25,7 @@ from fastint.schema import Schema
 
 COLUMNS = ("categorical", "numeric", "multi", "label", "prob")
 META = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: polars/Arrow preprocessing (fastint.data.encode); version-1 caches are rebuilt
 
 
 @dataclass
@@ -88,7 +88,7 @@ def write_meta(directory: str, schema: Schema, columns: list[str], splits: list[
             "info": info, "vocab": vocab}
     tmp = os.path.join(directory, META + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(meta, f)
+        f.write(json.dumps(meta))  # dumps: the C encoder (dump streams through the Python one)
     os.replace(tmp, os.path.join(directory, META))
 
 

@@ -1,45 +1,46 @@
-"""Streaming two-pass preprocessing of a raw dataset into a cached, memory-mapped ``Dataset``.
+"""Streaming preprocessing of raw datasets into a cached, memory-mapped ``Dataset``.
 
-A reader (``fastint.data.readers``) names its fields and yields rows
-``(label, categorical tokens, numeric values, multi-valued token lists)``; it is iterated twice and
-never holds the file in memory:
+A reader (``fastint.data.readers``) names its fields and yields polars batches of rows; the raw
+file is read once, batch by batch, so memory is bounded by the batch size plus the vocabulary (see
+``fastint.data.encode`` for the passes). The vocabulary of a field: the tokens seen at least
+``min_count`` times, ordered by decreasing count, ties by token string (id 0 = most frequent);
+rarer tokens map to ``-1`` (OOV) in categorical fields and are dropped from multi-valued lists.
 
-1. count: per categorical/multi field, how often each token occurs; rows; longest multi list;
-2. encode: token -> id by a vocabulary of the tokens seen at least ``min_count`` times, ordered by
-   decreasing count, ties by token string (id 0 = most frequent); rarer tokens map to ``-1`` (OOV)
-   in categorical fields and are dropped from multi-valued lists. Rows are written in chunks straight
-   into ``.npy`` memmaps.
+Input is one reader (one file: a seeded 8:1:1 train/valid/test split of its rows) or a mapping
+``{"train": r, "valid": r, "test": r}`` of readers (pre-split input: the splits are kept as given,
+rows stored train, valid, test; the vocabulary and min-count come from train only, so a token
+unseen in train is OOV in valid/test).
 
-Then a seeded 8:1:1 train/valid/test split. The result is cached under
-``<cache_root>/<name>-<hash>`` where the hash covers the reader's description (path, size, mtime,
-options) and the preprocessing options; a second call just opens the memmaps.
+The result is cached under ``<cache_root>/<name>-<hash>``, the hash covering the readers'
+descriptions (paths, sizes, mtimes, options) and the preprocessing options; a second call opens
+the memmaps. It is built in a ``.partial-<pid>`` sibling directory renamed into place when
+complete, so a failed or interrupted run leaves no half-written cache.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
-from collections import Counter
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Mapping, Protocol
 
 import numpy as np
-from numpy.lib.format import open_memmap
+import polars as pl
 from tqdm.auto import tqdm
 
-from fastint.data.dataset import Dataset, split_indices, write_meta
+from fastint.data.dataset import FORMAT_VERSION, META, Dataset, split_indices, write_meta
+from fastint.data.encode import ColumnStore
 from fastint.schema import Field, Schema
 
-RawRow = tuple[float, Sequence[str], Sequence[float], Sequence[Sequence[str]]]
-CHUNK = 65536
+BATCH_ROWS = 1 << 19
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
 class RawFields:
-    """Field names by kind, in the order the reader yields them; the schema's order is
-    categorical, then numeric, then multi-valued."""
+    """Field names by kind; the schema's order is categorical, then numeric, then multi-valued."""
 
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
@@ -48,10 +49,16 @@ class RawFields:
 
 
 class Reader(Protocol):
+    """``batches`` yields polars DataFrames with ``scan.LABEL`` (float) and one column per field:
+    categorical of any type (the token is the value as text, null = ``""``), numeric (finite float),
+    multi-valued (list of strings). Optionally ``token_maps``: field -> function from a batch's
+    distinct values (a polars Series) to their tokens (see ``fastint.data.encode``)."""
+
     name: str
+    path: str
     fields: RawFields
 
-    def rows(self) -> Iterator[RawRow]: ...
+    def batches(self, rows: int) -> Iterator[pl.DataFrame]: ...
 
     def describe(self) -> dict: ...
 
@@ -66,115 +73,127 @@ def file_signature(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime": int(st.st_mtime)}
 
 
-def load_or_preprocess(reader: Reader, cache_root: str | None = None, *, min_count: int = 10,
-                       max_multi_len: int = 0, seed: int = 0, progress: bool = True) -> Dataset:
-    """The cached dataset for ``reader`` and these options, preprocessing it on the first call."""
-    options = {"reader": reader.describe(), "min_count": min_count, "max_multi_len": max_multi_len,
-               "seed": seed}
+def _readers(source: Reader | Mapping[str, Reader]) -> dict[str | None, Reader]:
+    if not isinstance(source, Mapping):
+        return {None: source}
+    if tuple(source) != SPLITS:
+        raise ValueError(f"pre-split input needs the readers of {', '.join(SPLITS)} in that order, got {list(source)}")
+    return dict(source)
+
+
+def load_or_preprocess(source: Reader | Mapping[str, Reader], cache_root: str | None = None, *,
+                       min_count: int = 10, max_multi_len: int = 0, seed: int = 0,
+                       progress: bool = True) -> Dataset:
+    """The cached dataset for ``source`` (a reader, or train/valid/test readers) and these options,
+    preprocessing it on the first call (or when the cache has an older format)."""
+    readers = _readers(source)
+    given = None not in readers
+    options = {"reader": {s: r.describe() for s, r in readers.items()} if given else readers[None].describe(),
+               "min_count": min_count, "max_multi_len": max_multi_len}
+    if not given:
+        options["seed"] = seed  # given splits do not depend on it
     key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
-    directory = os.path.join(cache_root or default_cache_root(), f"{reader.name}-{key}")
-    if os.path.isfile(os.path.join(directory, "meta.json")):
+    directory = os.path.join(cache_root or default_cache_root(), f"{next(iter(readers.values())).name}-{key}")
+    if _complete(directory):
         return Dataset.load(directory)
-    return preprocess(reader, directory, min_count=min_count, max_multi_len=max_multi_len, seed=seed,
+    return preprocess(source, directory, min_count=min_count, max_multi_len=max_multi_len, seed=seed,
                       progress=progress, options=options)
 
 
-def _vocabulary(counter: Counter, min_count: int) -> dict[str, int]:
-    kept = sorted((t for t, c in counter.items() if c >= min_count), key=lambda t: (-counter[t], t))
-    return {t: i for i, t in enumerate(kept)}
+def _complete(directory: str) -> bool:
+    """``directory`` holds a dataset in the current format."""
+    try:
+        with open(os.path.join(directory, META)) as f:
+            return json.load(f).get("version") == FORMAT_VERSION
+    except (OSError, ValueError):
+        return False
 
 
-def preprocess(reader: Reader, directory: str, *, min_count: int = 10, max_multi_len: int = 0,
-               seed: int = 0, progress: bool = True, options: dict | None = None) -> Dataset:
-    """Run both passes for ``reader`` and write the dataset into ``directory`` (replaced)."""
+def preprocess(source: Reader | Mapping[str, Reader], directory: str, *, min_count: int = 10,
+               max_multi_len: int = 0, seed: int = 0, progress: bool = True, options: dict | None = None) -> Dataset:
+    """Preprocess ``source`` into ``directory`` (replaced once the new dataset is complete)."""
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
-    f = reader.fields
-    cat_counts = [Counter() for _ in f.categorical]
-    multi_counts = [Counter() for _ in f.multi]
-    rows, longest = 0, 0
-    with tqdm(desc=f"{reader.name}: count", unit=" rows", disable=not progress) as bar:
-        for chunk in _chunks(reader.rows()):
-            rows += len(chunk)
-            if f.categorical:
-                for counter, column in zip(cat_counts, zip(*(r[1] for r in chunk))):
-                    counter.update(column)
-            for j, counter in enumerate(multi_counts):
-                lists = [r[3][j] for r in chunk]
-                counter.update(chain.from_iterable(lists))
-                longest = max(longest, max(map(len, lists)))
-            bar.update(len(chunk))
-    if rows == 0:
-        raise ValueError(f"{reader.name}: no rows read from {reader.describe().get('path', 'the input')}")
-    length = max(1, min(longest, max_multi_len) if max_multi_len else longest)
-    cat_vocab = [_vocabulary(c, min_count) for c in cat_counts]
-    multi_vocab = [_vocabulary(c, min_count) for c in multi_counts]
-
-    if os.path.isdir(directory):
-        shutil.rmtree(directory)
-    os.makedirs(directory)
-    shapes = {"label": ((rows,), np.float32)}
-    if f.categorical:
-        shapes["categorical"] = ((rows, len(f.categorical)), np.int32)
-    if f.numeric:
-        shapes["numeric"] = ((rows, len(f.numeric)), np.float32)
-    if f.multi:
-        shapes["multi"] = ((rows, len(f.multi), length), np.int32)
-    cols = {k: open_memmap(os.path.join(directory, f"{k}.npy"), mode="w+", dtype=dt, shape=shape)
-            for k, (shape, dt) in shapes.items()}
-    start = 0
-    with tqdm(total=rows, desc=f"{reader.name}: encode", unit=" rows", disable=not progress) as bar:
-        for chunk in _chunks(reader.rows()):
-            if start + len(chunk) > rows:
-                break
-            _write_chunk(cols, start, chunk, cat_vocab, multi_vocab, length)
-            start += len(chunk)
-            bar.update(len(chunk))
-    if start != rows:
-        raise ValueError(f"{reader.name}: the input changed between the counting and encoding passes")
-    for col in cols.values():
-        col.flush()
-
-    schema = Schema(tuple(Field(n, "categorical", max(1, len(v))) for n, v in zip(f.categorical, cat_vocab))
-                    + tuple(Field(n, "numeric") for n in f.numeric)
-                    + tuple(Field(n, "multi", max(1, len(v)), f.multi_pooling) for n, v in zip(f.multi, multi_vocab)))
-    splits = split_indices(rows, seed)
-    for name, idx in splits.items():
-        np.save(os.path.join(directory, f"split_{name}.npy"), idx)
-    label = np.asarray(cols["label"])
-    info = {"name": reader.name, "rows": rows, "positive_rate": float((label > 0.5).mean()),
-            "min_count": min_count, "multi_len": length, "options": options or {}}
-    vocab = {n: list(v) for n, v in zip(f.categorical + f.multi, cat_vocab + multi_vocab)}
-    write_meta(directory, schema, list(cols), list(splits), info, vocab)
+    readers = _readers(source)
+    first = next(iter(readers.values()))
+    fields = first.fields
+    for reader in readers.values():
+        if reader.fields != fields:
+            raise ValueError(f"{reader.path}: its fields {reader.fields} differ from those of {first.path} {fields}")
+    _remove_stale_builds(directory)
+    replacing = _complete(directory)
+    build = f"{directory}.partial-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    os.makedirs(build)
+    try:
+        dataset_info, columns, splits, vocab = _build(readers, build, min_count, max_multi_len, seed, progress)
+        dataset_info["options"] = options or {}
+        schema = Schema(tuple(Field(n, "categorical", max(1, len(vocab[n]))) for n in fields.categorical)
+                        + tuple(Field(n, "numeric") for n in fields.numeric)
+                        + tuple(Field(n, "multi", max(1, len(vocab[n])), fields.multi_pooling) for n in fields.multi))
+        for name, idx in splits.items():
+            np.save(os.path.join(build, f"split_{name}.npy"), idx)
+        write_meta(build, schema, columns, list(splits), dataset_info, vocab)
+        if not replacing and _complete(directory):  # another process built it meanwhile: keep theirs
+            shutil.rmtree(build)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(build, directory)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
     return Dataset.load(directory)
 
 
-def _chunks(rows: Iterator[RawRow], size: int = CHUNK) -> Iterator[list[RawRow]]:
-    while chunk := list(islice(rows, size)):
-        yield chunk
+def _build(readers: dict, build: str, min_count: int, max_multi_len: int, seed: int, progress: bool):
+    """Both passes into ``build``: (info, column names, splits, vocabularies by field name)."""
+    first = next(iter(readers.values()))
+    fields = first.fields
+    sizes = {}
+    with ColumnStore(build, fields, getattr(first, "token_maps", None)) as store:
+        for split, reader in readers.items():
+            start = store.rows
+            with tqdm(desc=f"{reader.name}: read {split or 'all'}", unit=" rows", disable=not progress) as bar:
+                for batch in reader.batches(BATCH_ROWS):
+                    store.add(batch, counted=split in (None, "train"))
+                    bar.update(batch.height)
+            sizes[split] = store.rows - start
+            if sizes[split] == 0:
+                raise ValueError(f"{reader.name}: no rows read from {reader.path}")
+        store.end_pass1()
+        vocab = store.vocabulary(min_count)
+        length = store.remap(vocab, max_multi_len, progress, desc=f"{first.name}: encode")
+        store.discard_work()
+    names = fields.categorical + fields.multi
+    tokens = {n: [] for n in names}
+    for (field,), part in vocab.partition_by("field", as_dict=True, maintain_order=True).items():
+        tokens[names[field]] = part.get_column("token").to_list()
+    rows = store.rows
+    if None in readers:
+        splits, split_rule = split_indices(rows, seed), f"seeded 8:1:1 (seed {seed})"
+    else:
+        bounds = np.cumsum([0] + [sizes[s] for s in SPLITS])
+        splits = {s: np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i, s in enumerate(SPLITS)}
+        split_rule = "given"
+    label = np.load(os.path.join(build, "label.npy"), mmap_mode="r")
+    info = {"name": first.name, "rows": rows, "positive_rate": float((label > 0.5).mean()),
+            "min_count": min_count, "multi_len": length, "splits": split_rule}
+    return info, store.columns, splits, tokens
 
 
-def _encode(vocab: dict[str, int], tokens: Sequence[str]) -> list[int]:
-    return list(map(vocab.get, tokens, repeat(-1, len(tokens))))
+def _remove_stale_builds(directory: str) -> None:
+    """Partial builds of ``directory`` left by processes that no longer run (killed mid-way)."""
+    for path in glob.glob(glob.escape(directory) + ".partial-*"):
+        pid = path.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def _write_chunk(cols: dict, start: int, chunk: list[RawRow], cat_vocab: list[dict], multi_vocab: list[dict],
-                 length: int) -> None:
-    """Encode ``chunk`` column by column into rows ``start..start+len(chunk)`` of the memmaps."""
-    end = start + len(chunk)
-    cols["label"][start:end] = [r[0] for r in chunk]
-    if "categorical" in cols:
-        for j, (vocab, column) in enumerate(zip(cat_vocab, zip(*(r[1] for r in chunk)))):
-            cols["categorical"][start:end, j] = _encode(vocab, column)
-    if "numeric" in cols:
-        values = np.asarray([r[2] for r in chunk], dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise ValueError("numeric values must be finite (a reader produced NaN/inf)")
-        cols["numeric"][start:end] = values
-    if "multi" in cols:
-        block = np.full((len(chunk), len(multi_vocab), length), -1, dtype=np.int32)
-        for j, vocab in enumerate(multi_vocab):
-            for i, r in enumerate(chunk):
-                ids = [vocab[t] for t in r[3][j] if t in vocab][:length]
-                block[i, j, :len(ids)] = ids
-        cols["multi"][start:end] = block
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
