@@ -24,7 +24,8 @@ continued with ``--resume <out>/checkpoints/last.pt`` (same command otherwise) e
 weights as an uninterrupted run.
 
 Settings come from defaults < ``--config`` (YAML or JSON) < command-line flags. A config file holds
-``model``, ``model_params`` (dict), ``dataset``, ``data_path``, ``data_options`` (dict), ``cache_dir``,
+``model``, ``model_params`` (dict), ``dataset``, ``data_path`` (or ``train_path``, ``valid_path``,
+``test_path``: pre-split files), ``data_options`` (dict), ``cache_dir``,
 ``out`` and ``train`` (dict of ``TrainConfig`` fields). ``--param`` / ``--data-option`` values are
 YAML (``8``, ``0.1``, ``1e-4``, ``[64, 32]``, ``true``, ``tf``).
 
@@ -58,7 +59,9 @@ from fastint.train.search import (SEARCHABLE, SELECTION, Search, SearchError, de
 from fastint.train.trainer import (OPTIMIZERS, TrainConfig, Trainer, init_distributed, predict, resolve_device,
                                    seed_everything)
 
+SPLIT_PATHS = ("train_path", "valid_path", "test_path")
 DEFAULTS = {"model": "autoint", "model_params": {}, "dataset": "synthetic", "data_path": None,
+            **dict.fromkeys(SPLIT_PATHS),
             "data_options": {}, "cache_dir": None, "out": None, "train": {}}
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_clip", "amp", "metric",
                "patience", "seed", "device", "prefetch", "checkpoint_every", "stop_after_steps", "threads")
@@ -137,7 +140,7 @@ def resolve_run_config(args) -> dict:
     if args.config:
         for k, v in load_config_file(args.config).items():
             cfg[k] = {**cfg[k], **v} if isinstance(cfg[k], dict) else v
-    for key in ("model", "dataset", "data_path", "cache_dir", "out"):
+    for key in ("model", "dataset", "data_path", *SPLIT_PATHS, "cache_dir", "out"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     cfg["model_params"].update(_key_values(args.param, "--param"))
@@ -157,10 +160,13 @@ def resolve_run_config(args) -> dict:
         check_hyperparameters(cfg["model"], params)
     if cfg["dataset"] not in DATASETS:
         raise UsageError(f"unknown dataset {cfg['dataset']!r}; choose from {', '.join(DATASETS)}")
-    if cfg["dataset"] != "synthetic" and not cfg["data_path"]:
-        raise UsageError(f"dataset {cfg['dataset']} needs --data-path")
-    if cfg["data_path"] and not os.path.exists(cfg["data_path"]):
-        raise UsageError(f"data path not found: {cfg['data_path']}")
+    given = [key for key in ("data_path", *SPLIT_PATHS) if cfg[key]]
+    if cfg["dataset"] != "synthetic" and not given:
+        raise UsageError(f"dataset {cfg['dataset']} needs --data-path (a file, or a directory of "
+                         f"train/valid/test files) or --train-path, --valid-path and --test-path")
+    for key in given:
+        if not os.path.exists(cfg[key]):
+            raise UsageError(f"{key.replace('_', ' ')} not found: {cfg[key]}")
     cfg["out"] = cfg["out"] or os.path.join("runs", f"{cfg['model']}-{cfg['dataset']}")
     return cfg
 
@@ -169,7 +175,7 @@ def open_dataset(cfg: dict, seed: int, progress: bool = True) -> Dataset:
     """The run's dataset; what reading the user's data with the user's options raises is a UsageError."""
     with user_errors(ValueError, TypeError, KeyError, OSError, context=f"dataset {cfg['dataset']}"):
         return load_dataset(cfg["dataset"], cfg["data_path"], cache_dir=cfg["cache_dir"], seed=seed,
-                            progress=progress, **cfg["data_options"])
+                            progress=progress, **{k: cfg.get(k) for k in SPLIT_PATHS}, **cfg["data_options"])
 
 
 def build_run_model(config: dict, schema) -> CTRModel:
@@ -386,7 +392,11 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Train a model; settings: defaults < --config < flags.")
     t.add_argument("--model", help=f"{' | '.join(MODELS)} (default autoint)")
     t.add_argument("--dataset", help=f"{' | '.join(DATASETS)} (default synthetic)")
-    t.add_argument("--data-path", help="input file (directory for MovieLens .dat)")
+    t.add_argument("--data-path", help="input file, or a directory of pre-split train/valid/test files "
+                                        "(of the .dat files for MovieLens)")
+    t.add_argument("--train-path", help="pre-split training file (vocabulary from it alone)")
+    t.add_argument("--valid-path", help="pre-split validation file")
+    t.add_argument("--test-path", help="pre-split test file")
     t.add_argument("--cache-dir", help="preprocessed dataset cache (default $FASTINT_CACHE or ~/.cache/fastint)")
     t.add_argument("--config", help="YAML or JSON run configuration")
     t.add_argument("--out", help="run directory (default runs/<model>-<dataset>)")

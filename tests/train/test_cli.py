@@ -195,3 +195,33 @@ def test_bench_runs_pytest_and_prints_markdown(tmp_path, capsys):
     assert table[0] == "| shape | dtype | mode | fastint ms | eager ms | x eager |"   # no peaks: no MiB
     cells = table[2].split(" | ")
     assert cells[:3] == ["| n=10", "int64", "forward"] and cells[5].endswith("x |")
+
+
+def _write_split_csvs(directory, rows=(300, 60, 60)):
+    import random
+    rng = random.Random(0)
+    directory.mkdir()
+    for split, n in zip(("train", "valid", "test"), rows):
+        lines = ["y,a,b,x"]
+        for _ in range(n):
+            a, b = rng.randrange(5), rng.randrange(4)
+            lines.append(f"{int((a + b) % 2 == 0 and rng.random() < 0.9)},a{a},b{b},{rng.random():.3f}")
+        (directory / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return [str(directory / f"{split}.csv") for split in ("train", "valid", "test")]
+
+
+def test_train_on_presplit_files(tmp_path, capsys):
+    """A directory of train/valid/test files, or the three paths: the splits are kept as given."""
+    paths = _write_split_csvs(tmp_path / "data")
+    options = ["--dataset", "csv", "--data-option", "label=y", "--data-option", "categorical=[a,b]",
+               "--data-option", "numeric=[x]", "--data-option", "min_count=1", "--cache-dir", str(tmp_path / "c"),
+               "--epochs", "1", "--batch-size", "64", "--no-progress", "--device", "cpu", "--param", "embed_dim=4"]
+    assert cli.main(["train", *options, "--data-path", str(tmp_path / "data"), "--out", str(tmp_path / "r1")]) == 0
+    assert "420 rows (300 train)" in capsys.readouterr().out
+    assert cli.main(["train", *options, "--train-path", paths[0], "--valid-path", paths[1], "--test-path", paths[2],
+                     "--out", str(tmp_path / "r2")]) == 0
+    assert "420 rows (300 train)" in capsys.readouterr().out
+    first, second = (json.load(open(tmp_path / r / "metrics.json")) for r in ("r1", "r2"))
+    assert first["test"] == second["test"]
+    assert cli.main(["train", *options, "--train-path", str(tmp_path / "nope.csv")]) == 2
+    assert "train path not found" in capsys.readouterr().err
