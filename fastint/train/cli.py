@@ -347,7 +347,8 @@ def cmd_export(args) -> int:
     with user_errors(OSError, context=f"cannot write {path}"):
         save_program(program, path)
     inputs = [getattr(batch, kind) for kind in KINDS]
-    difference = float((load_program(path)(*inputs) - model.predict(batch)).abs().max())
+    with torch.no_grad():
+        difference = float((load_program(path)(*inputs) - model.predict(batch)).abs().max())
     if difference > 1e-5:
         raise RuntimeError(f"the exported program's scores differ from the model's by {difference:.2e}")
     print(f"wrote {path}: program(categorical, numeric, multi) -> [B] scores "
