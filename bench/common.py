@@ -44,6 +44,16 @@ def require_gpu_for_kernels(provider: str) -> None:
         pytest.skip("Triton kernels are benchmarked on CUDA only")
 
 
+def skip_reference_over_memory(provider: str, tensors: int, elements: int, dtype: str) -> None:
+    """Skip a non-fastint provider on a GPU when ``tensors`` live tensors of ``elements`` values in
+    ``dtype`` (the reference's intermediates) would exceed half the GPU's memory."""
+    if provider == "fastint" or not ON_GPU:
+        return
+    need = tensors * elements * torch.finfo(dtype_of(dtype)).bits // 8
+    if need > torch.cuda.get_device_properties(0).total_memory // 2:
+        pytest.skip(f"the reference would need ~{need / 2 ** 30:.0f} GiB")
+
+
 def op_providers(op, reference) -> dict:
     """The standard providers of an op benchmark: ``fastint`` (the op on its kernel backend),
     ``eager`` (the plain-PyTorch reference) and ``compiled`` (``torch.compile`` of it)."""

@@ -10,22 +10,13 @@ import pytest
 import torch
 
 from bench.common import (BATCHES, DEVICE, DTYPES, FIELDS, ON_GPU, dtype_of, forward_backward,
-                          forward_only, leaf, measure, op_providers, require_gpu_for_kernels)
+                          forward_only, leaf, measure, op_providers, require_gpu_for_kernels,
+                          skip_reference_over_memory)
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
 
 DIMS = [16, 64, 256] if ON_GPU else [16, 64]
 PROVIDERS = op_providers(afm_pooling, reference)
-
-
-def _skip_if_reference_too_large(provider, batch, fields, dim, dtype):
-    """The reference holds about 4 tensors of [B, P, k] (p, hidden, relu, grads) at once."""
-    if provider == "fastint" or not ON_GPU:
-        return
-    pairs = fields * (fields - 1) // 2
-    need = 4 * batch * pairs * dim * torch.finfo(dtype_of(dtype)).bits // 8
-    if need > torch.cuda.get_device_properties(0).total_memory // 2:
-        pytest.skip(f"the reference would need ~{need / 2 ** 30:.0f} GiB")
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
@@ -36,7 +27,8 @@ def _skip_if_reference_too_large(provider, batch, fields, dim, dtype):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_afm_pooling(benchmark, batch, fields, dim, dtype, provider, mode):
     require_gpu_for_kernels(provider)
-    _skip_if_reference_too_large(provider, batch, fields, dim, dtype)
+    # the reference holds about 4 tensors of [B, P, k] (p, hidden, relu, grads) at once
+    skip_reference_over_memory(provider, 4, batch * fields * (fields - 1) // 2 * dim, dtype)
     inputs = (leaf(batch, fields, dim, dtype=dtype), leaf(dim, dim, scale=dim ** -0.5, dtype=dtype),
               leaf(dim, scale=0.1, dtype=dtype), leaf(dim, dtype=dtype))
     fn = PROVIDERS[provider]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.common import (DEVICE, DTYPES, ON_GPU, QUICK, dtype_of, forward_backward, forward_only, leaf,
-                          measure, op_providers, require_gpu_for_kernels)
+                          measure, op_providers, require_gpu_for_kernels, skip_reference_over_memory)
 from fastint.ops.multi_function_interactions import multi_function_interactions
 from fastint.reference.multi_function_interactions import all_tuples
 from fastint.reference.multi_function_interactions import multi_function_interactions as reference
@@ -22,16 +22,6 @@ BATCHES = [4096, 65536] if ON_GPU else [256]
 FIELDS, DIM, FUNCTIONS = 39, 20, 4
 ACTIVE = [1.0] if QUICK or not ON_GPU else [1.0, 0.1]
 PROVIDERS = op_providers(multi_function_interactions, reference)
-
-
-def _skip_if_reference_too_large(provider, batch, pairs, dtype):
-    """The reference holds about 5 tensors of [B, P, d] per function at once (rows, products,
-    their gradients)."""
-    if provider == "fastint" or not ON_GPU:
-        return
-    need = 5 * FUNCTIONS * batch * pairs * DIM * torch.finfo(dtype_of(dtype)).bits // 8
-    if need > torch.cuda.get_device_properties(0).total_memory // 2:
-        pytest.skip(f"the reference would need ~{need / 2 ** 30:.0f} GiB")
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
@@ -43,7 +33,8 @@ def test_multi_function_interactions(benchmark, batch, active, dtype, provider, 
     require_gpu_for_kernels(provider)
     tuples = all_tuples(FIELDS, 2, device=DEVICE)
     pairs = tuples.shape[0]
-    _skip_if_reference_too_large(provider, batch, pairs, dtype)
+    # the reference holds about 5 tensors of [B, P, d] per function (rows, products, their grads)
+    skip_reference_over_memory(provider, 5 * FUNCTIONS, batch * pairs * DIM, dtype)
     generator = torch.Generator(device="cpu").manual_seed(0)
     mask = None if active == 1.0 else (torch.rand(FUNCTIONS, pairs, generator=generator) < active).to(DEVICE)
     inputs = (leaf(batch, FUNCTIONS, FIELDS, DIM, scale=DIM ** -0.25, dtype=dtype),

@@ -106,28 +106,28 @@ def build_plan(tuples: torch.Tensor, mask: torch.Tensor | None, codes: list[int]
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
+def _row(base, plan_ptr, A, idx, valid, mask, r: tl.constexpr, d, ORDER: tl.constexpr):
+    """Field ``f_r`` and row ``x_r [ENTRY_BLOCK, D_PAD]`` (fp32) of entries ``idx``; for
+    ``r >= ORDER`` field 0 (never read) and ones (no factor in the products)."""
+    field = tl.load(plan_ptr + r * A + idx, mask=valid & (r < ORDER), other=0)
+    if r < ORDER:
+        x = tl.load(base + field[:, None] * d, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x = tl.zeros(mask.shape, tl.float32) + 1.0
+    return field, x
+
+
+@triton.jit
 def _gather_rows(e_row, plan_ptr, A, idx, valid, M, d, offs_k, ORDER: tl.constexpr):
     """The ``ORDER`` rows ``x_r [ENTRY_BLOCK, D_PAD]`` (fp32; absent orders are ones) of entries
     ``idx`` of one sample, their fields ``f_r`` and the function codes."""
     mask = valid[:, None] & (offs_k[None, :] < d)
     table = tl.load(plan_ptr + _TABLE * A + idx, mask=valid, other=0)
     base = e_row + (table * M)[:, None] * d + offs_k[None, :]
-    f0 = tl.load(plan_ptr + idx, mask=valid, other=0)
-    f1 = tl.load(plan_ptr + A + idx, mask=valid, other=0)
-    x0 = tl.load(base + f0[:, None] * d, mask=mask, other=0.0).to(tl.float32)
-    x1 = tl.load(base + f1[:, None] * d, mask=mask, other=0.0).to(tl.float32)
-    if ORDER > 2:
-        f2 = tl.load(plan_ptr + 2 * A + idx, mask=valid, other=0)
-        x2 = tl.load(base + f2[:, None] * d, mask=mask, other=0.0).to(tl.float32)
-    else:
-        f2 = f0
-        x2 = tl.zeros_like(x0) + 1.0
-    if ORDER > 3:
-        f3 = tl.load(plan_ptr + 3 * A + idx, mask=valid, other=0)
-        x3 = tl.load(base + f3[:, None] * d, mask=mask, other=0.0).to(tl.float32)
-    else:
-        f3 = f0
-        x3 = tl.zeros_like(x0) + 1.0
+    f0, x0 = _row(base, plan_ptr, A, idx, valid, mask, 0, d, ORDER)
+    f1, x1 = _row(base, plan_ptr, A, idx, valid, mask, 1, d, ORDER)
+    f2, x2 = _row(base, plan_ptr, A, idx, valid, mask, 2, d, ORDER)
+    f3, x3 = _row(base, plan_ptr, A, idx, valid, mask, 3, d, ORDER)
     code = tl.load(plan_ptr + _CODE * A + idx, mask=valid, other=INNER)
     return x0, x1, x2, x3, f0, f1, f2, f3, code
 
@@ -151,26 +151,25 @@ def _weights(kappa_ptr, s_ptr, plan_ptr, A, idx, valid, code, d, offs_k, ones,
 
 
 @triton.jit
+def _projection(w_ptr, x, r: tl.constexpr, d, offs_k, ORDER: tl.constexpr):
+    """``u_r = w_r . x_r`` ``[ENTRY_BLOCK]`` and ``w_r [D_PAD]`` (fp32, 0 beyond ``d``); for
+    ``r >= ORDER`` ones (no factor in the products) and zeros."""
+    w = tl.load(w_ptr + r * d + offs_k, mask=(offs_k < d) & (r < ORDER), other=0.0).to(tl.float32)
+    if r < ORDER:
+        u = tl.sum(x * w[None, :], axis=1)
+    else:
+        u = tl.sum(x, axis=1) * 0.0 + 1.0
+    return u, w
+
+
+@triton.jit
 def _projections(w_ptr, x0, x1, x2, x3, d, offs_k, ORDER: tl.constexpr):
     """The outer function's ``u_r = w_r . x_r`` ``[ENTRY_BLOCK]`` (absent orders 1) and the
     rows ``w_r [D_PAD]`` (fp32, 0 beyond ``d``)."""
-    mask_k = offs_k < d
-    w0 = tl.load(w_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    w1 = tl.load(w_ptr + d + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    u0 = tl.sum(x0 * w0[None, :], axis=1)
-    u1 = tl.sum(x1 * w1[None, :], axis=1)
-    if ORDER > 2:
-        w2 = tl.load(w_ptr + 2 * d + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        u2 = tl.sum(x2 * w2[None, :], axis=1)
-    else:
-        w2 = w0
-        u2 = tl.zeros_like(u0) + 1.0
-    if ORDER > 3:
-        w3 = tl.load(w_ptr + 3 * d + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        u3 = tl.sum(x3 * w3[None, :], axis=1)
-    else:
-        w3 = w0
-        u3 = tl.zeros_like(u0) + 1.0
+    u0, w0 = _projection(w_ptr, x0, 0, d, offs_k, ORDER)
+    u1, w1 = _projection(w_ptr, x1, 1, d, offs_k, ORDER)
+    u2, w2 = _projection(w_ptr, x2, 2, d, offs_k, ORDER)
+    u3, w3 = _projection(w_ptr, x3, 3, d, offs_k, ORDER)
     return u0, u1, u2, u3, w0, w1, w2, w3
 
 
