@@ -57,6 +57,7 @@ class Reader(Protocol):
     name: str
     path: str
     fields: RawFields
+    labeled: bool  # False: a file without labels (scored by ``fastint predict``, never trained on)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]: ...
 
@@ -118,6 +119,8 @@ def preprocess(source: Reader | Mapping[str, Reader], directory: str, *, min_cou
     first = next(iter(readers.values()))
     fields = first.fields
     for reader in readers.values():
+        if not reader.labeled:
+            raise ValueError(f"{reader.path}: no label column; training and evaluation data need labels")
         if reader.fields != fields:
             raise ValueError(f"{reader.path}: its fields {reader.fields} differ from those of {first.path} {fields}")
     _remove_stale_builds(directory)

@@ -23,6 +23,11 @@ the file and the line.
   the token is the value as text, null = ``""``), ``numeric`` (empty or null -> 0), ``multi`` (a text
   column split on ``multi_sep``, or a Parquet list column; empty tokens dropped).
 
+Unlabeled files (for ``fastint predict``): readers built with ``label_optional=True`` also accept
+Criteo lines without the label column (39 instead of 40), and CSV / Parquet / Avazu files without
+the label column; ``labeled`` says which the file is, and an unlabeled file's labels are NaN. The
+preprocessing (training) rejects unlabeled readers.
+
 Numbers in CSV and ``.dat`` files may carry surrounding whitespace (as Python's ``float`` allows);
 in Criteo and libfm files they must not (their hot path does not strip). Every line of a text
 format must have the format's number of fields (a truncated last line is an error, not missing
@@ -96,11 +101,13 @@ class CriteoReader:
     name = "criteo"
     NUM_INT, NUM_CAT = 13, 26
 
-    def __init__(self, path: str, numeric: str = "ln2"):
+    def __init__(self, path: str, numeric: str = "ln2", label_optional: bool = False):
         if numeric not in ("ln2", "log2", "raw"):
             raise ValueError(f"criteo numeric transform must be ln2, log2 or raw, got {numeric!r}")
         self.path = require_file(path, "criteo")
         self.numeric = numeric
+        # without the label a line has NUM_INT + NUM_CAT columns
+        self.labeled = not (label_optional and first_line(path).count("\t") == self.NUM_INT + self.NUM_CAT - 1)
         self.ints = tuple(f"I{i}" for i in range(1, self.NUM_INT + 1))
         self.cats = tuple(f"C{i}" for i in range(1, self.NUM_CAT + 1))
         self.fields = RawFields(self.ints + self.cats) if numeric == "ln2" else RawFields(self.cats, self.ints)
@@ -111,11 +118,12 @@ class CriteoReader:
         return {"format": self.name, "numeric": self.numeric, **file_signature(self.path)}
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
-        names = ("label", *self.ints, *self.cats)
+        names = (("label",) if self.labeled else ()) + (*self.ints, *self.cats)
         conv = Conversion(Source(self.path))
         conv.checks.append(Check(pl.col("_fields") != len(names),
                                  lambda r: f"expected {len(names)} tab-separated columns, got {r['_fields']}"))
-        label = conv.number("label", required=True, what="label", strip=False).alias(LABEL)
+        label = (conv.number("label", required=True, what="label", strip=False) if self.labeled
+                 else pl.lit(math.nan)).alias(LABEL)
         dtype = pl.Int64 if self.numeric == "ln2" else pl.Float64
         conv.outputs = [label, *(conv.number(c, dtype, strip=False) for c in self.ints), *map(pl.col, self.cats)]
         for batch in conv.batches(split_fields(lines(self.path), "\t", names), rows):
@@ -132,7 +140,7 @@ class TableReader:
 
     def __init__(self, path: str, label: str, categorical: Sequence[str] = (), numeric: Sequence[str] = (),
                  multi: Sequence[str] = (), sep: str = ",", multi_sep: str = "|", multi_pooling: str = "mean",
-                 format: str | None = None):
+                 format: str | None = None, label_optional: bool = False):
         self.path = require_file(path, self.name)
         self.format = format or ("parquet" if path.lower().endswith((".parquet", ".pq")) else "csv")
         if self.format not in ("csv", "parquet"):
@@ -151,11 +159,13 @@ class TableReader:
         else:
             self.types = parquet_columns(path)
             self.header = list(self.types)
-        self.read_columns = list(dict.fromkeys((label, *categorical, *numeric, *multi)))
+        self.labeled = not label_optional or label in self.types
+        labels = (label,) if self.labeled else ()
+        self.read_columns = list(dict.fromkeys((*labels, *categorical, *numeric, *multi)))
         missing = [c for c in self.read_columns if c not in self.types]
         if missing:
             raise ValueError(f"{self.path}: column(s) {', '.join(missing)} not in the header {self.header}")
-        wrong = [f"{c} ({self.types[c]})" for c in (label, *numeric) if not _numeric_or_text(self.types[c])]
+        wrong = [f"{c} ({self.types[c]})" for c in (*labels, *numeric) if not _numeric_or_text(self.types[c])]
         wrong += [f"{c} ({self.types[c]})" for c in multi if not _list_or_text(self.types[c])]
         if wrong:
             raise ValueError(f"{self.path}: column(s) of the wrong type: {', '.join(wrong)}")
@@ -183,7 +193,7 @@ class TableReader:
         return conv
 
     def _label(self, conv: Conversion) -> pl.Expr:
-        return self._number(conv, self.label)
+        return self._number(conv, self.label) if self.labeled else pl.lit(math.nan)
 
     def _categorical(self, column: str) -> pl.Expr:
         dtype = self.types[column]
@@ -209,11 +219,12 @@ def _list_or_text(dtype: pl.DataType) -> bool:
 class AvazuReader(TableReader):
     name = "avazu"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, label_optional: bool = False):
         header = csv_header(require_file(path, self.name), ",")
-        if "click" not in header or "hour" not in header:
+        if ("click" not in header and not label_optional) or "hour" not in header:
             raise ValueError(f"{path}: not an Avazu CSV (needs 'click' and 'hour' columns), header {header}")
-        super().__init__(path, "click", [c for c in header if c not in ("id", "click")], format="csv")
+        super().__init__(path, "click", [c for c in header if c not in ("id", "click")], format="csv",
+                         label_optional=label_optional)
         self.fields = replace(self.fields, categorical=self.fields.categorical + ("weekday",))
 
     def describe(self) -> dict:
@@ -269,6 +280,7 @@ class MovieLensDatReader:
 
     name = "movielens"
     fields = MOVIELENS_FIELDS
+    labeled = True
 
     def __init__(self, directory: str):
         self.path = directory
@@ -324,6 +336,7 @@ def movielens_reader(path: str):
 
 class LibFMReader:
     name = "libfm"
+    labeled = True
 
     def __init__(self, path: str, raw_labels: bool = False):
         self.path = require_file(path, self.name)

@@ -4,6 +4,7 @@
     fastint evaluate  RUN_DIR [--split test]
     fastint explain   RUN_DIR [--split test] [--samples 2048] [--out DIR]
     fastint export    RUN_DIR [--out RUN_DIR/model.pt2] [--device auto]
+    fastint predict   RUN_DIR --data-path FILE [--out scores.csv] [--batch-size 8192] [--device auto]
     fastint bench     [--bench-dir bench] [-k EXPR] [--json PATH]
 
 ``fastint train --model aim`` (or ``autofis``) runs the stages of the interaction search
@@ -357,6 +358,35 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Score a file of new rows (the run's format and reader options, labels optional) with the
+    run's best weights and training vocabulary (``fastint.train.scoring``)."""
+    from fastint.data import UNLABELED_FORMATS, open_reader, reader_options
+    from fastint.train.scoring import score_file
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg, data, model, dev = load_run(args.run_dir, args.device)
+    if cfg["dataset"] == "synthetic":
+        raise UsageError(f"{args.run_dir} was trained on the synthetic dataset, which has no files to score; "
+                         f"'fastint evaluate {args.run_dir}' scores its test split")
+    if not os.path.exists(args.data_path):
+        raise UsageError(f"data path not found: {args.data_path}")
+    options = reader_options(cfg["data_options"])
+    if cfg["dataset"] in UNLABELED_FORMATS:
+        options["label_optional"] = True
+    out = args.out or os.path.join(args.run_dir, "scores.csv")
+    output_dir(os.path.dirname(os.path.abspath(out)))
+    with user_errors(ValueError, OSError, context=f"cannot score {args.data_path}"):
+        reader = open_reader(cfg["dataset"], args.data_path, **options)
+        summary = score_file(model, data, reader, out, batch_size=args.batch_size, device=dev,
+                             progress=not args.no_progress)
+    quality = f"; {_fmt(summary.metrics)}" if summary.metrics else ""
+    print(f"wrote {out}: {summary.rows:,} rows scored (sha256 {summary.sha256[:16]}), mean score "
+          f"{summary.mean_score:.4f}, {summary.unknown_fraction:.1%} of the categorical values unseen in "
+          f"training (OOV){quality}")
+    return 0
+
+
 def default_bench_dir() -> str:
     here = os.path.join(os.getcwd(), "bench")
     if os.path.isdir(here):
@@ -446,6 +476,17 @@ def make_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", help="program file (default RUN_DIR/model.pt2)")
     o.add_argument("--device", default="auto", help="trace on this device (serve on the same type)")
     o.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="score a file of new rows with a trained run",
+                       description="Score every row of a file (the run's dataset format; labels optional) with "
+                                   "the run's best weights and vocabulary; one CSV line per row, in order.")
+    s.add_argument("run_dir")
+    s.add_argument("--data-path", required=True, help="the file to score")
+    s.add_argument("--out", help="scores CSV (default RUN_DIR/scores.csv)")
+    s.add_argument("--batch-size", type=int, default=8192)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_predict)
 
     b = sub.add_parser("bench", help="run the benchmarks and print a markdown table",
                        description="pytest bench/ --benchmark-only --benchmark-json, then a markdown table.")
