@@ -1,6 +1,7 @@
 // CUDA kernels of the embedding bag (sm_80+). A group of TPB lanes (4..32, the power of two nearest
 // D, so several bags share a warp when D is small) owns one bag / one gradient segment and strides
-// over the D columns; bags and segments run along grid axis x (no 65,535 limit). fp32 accumulation.
+// over the D columns (the forward VEC columns at a time, as vector loads, when D and the table's
+// alignment allow); bags and segments run along grid axis x (no 65,535 limit). fp32 accumulation.
 // Ids >= N are skipped here (never read out of bounds); the Python wrapper reports them by default.
 #include "embedding_bag.h"
 
@@ -36,6 +37,29 @@ void with_lanes(int lanes, F&& f) {
   }
 }
 
+// Columns per vector access of the forward: 16 bytes' worth (at most 4) when D is a multiple of it
+// and the table is aligned to it (a view at an odd storage offset is not), else 1.
+template <typename scalar_t>
+constexpr int max_vector_width() {
+  return sizeof(scalar_t) >= 8 ? 2 : 4;
+}
+
+template <typename scalar_t>
+int vector_width(const at::Tensor& weight, int64_t dim) {
+  constexpr int vec = max_vector_width<scalar_t>();
+  const auto address = reinterpret_cast<std::uintptr_t>(weight.const_data_ptr());
+  return dim % vec == 0 && address % (vec * sizeof(scalar_t)) == 0 ? vec : 1;
+}
+
+template <int VEC, typename F>
+void with_vector_width(int width, F&& f) {
+  if (width == VEC) {
+    f(std::integral_constant<int, VEC>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
 // Lanes of this thread's group within its warp: groups of one warp loop over different bags, so a
 // shuffle may only name its own group (a full-warp mask with diverged groups is undefined).
 template <int TPB>
@@ -54,11 +78,20 @@ __device__ inline acc_t group_sum(acc_t v) {
   return v;
 }
 
-template <int TPB, typename scalar_t, typename index_t, typename acc_t>
+// VEC consecutive columns as one aligned vector access (at most 16 bytes: ld.global.v4 / v2).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+// Each lane owns VEC consecutive columns per step (VEC > 1 only when D % VEC == 0 and the rows are
+// aligned to the vector: see vector_width), so a row is read with vector loads.
+template <int TPB, int VEC, typename scalar_t, typename index_t, typename acc_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ weight, int64_t rows, int64_t dim,
                                const index_t* __restrict__ ids, const int64_t* __restrict__ offsets,
                                const scalar_t* __restrict__ psw, int64_t mode, int64_t bags,
                                scalar_t* __restrict__ out) {
+  using pack_t = Pack<scalar_t, VEC>;
   const int64_t bag = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / TPB;
   const int lane = threadIdx.x % TPB;
   if (bag >= bags) return;
@@ -69,15 +102,20 @@ __global__ void forward_kernel(const scalar_t* __restrict__ weight, int64_t rows
     if (id >= 0 && id < rows) denom += psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
   }
   const acc_t scale = mode == kMean ? (denom != acc_t(0) ? acc_t(1) / denom : acc_t(0)) : acc_t(1);
-  for (int64_t d = lane; d < dim; d += TPB) {
-    acc_t acc = 0;
+  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < dim; d += TPB * VEC) {
+    acc_t acc[VEC] = {};
     for (int64_t e = begin; e < end; ++e) {
       const index_t id = ids[e];
       if (id < 0 || id >= rows) continue;
       const acc_t w = psw ? static_cast<acc_t>(psw[e]) : acc_t(1);
-      acc += w * static_cast<acc_t>(weight[static_cast<int64_t>(id) * dim + d]);
+      const pack_t row = *reinterpret_cast<const pack_t*>(weight + static_cast<int64_t>(id) * dim + d);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j] += w * static_cast<acc_t>(row.v[j]);
     }
-    out[bag * dim + d] = static_cast<scalar_t>(acc * scale);
+    pack_t pooled;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) pooled.v[j] = static_cast<scalar_t>(acc[j] * scale);
+    *reinterpret_cast<pack_t*>(out + bag * dim + d) = pooled;
   }
 }
 
@@ -168,18 +206,21 @@ at::Tensor bag_forward_cuda(const at::Tensor& weight_in, const at::Tensor& indic
   const int64_t bags = offsets.numel() - 1, dim = weight.size(1);
   auto out = at::empty({bags, dim}, weight.options());
   if (bags == 0 || dim == 0) return out;
-  const int lanes = lanes_for(dim);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FASTINT_DISPATCH_FLOATS(weight.scalar_type(), "bag_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const int width = vector_width<scalar_t>(weight, dim);
+    const int lanes = lanes_for(dim / width);
     AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "bag_forward_cuda", [&] {
       with_lanes(lanes, [&](auto tpb) {
-        forward_kernel<decltype(tpb)::value, scalar_t, index_t, acc_t>
-            <<<blocks_for(bags, lanes), kThreads, 0, stream>>>(
-                weight.const_data_ptr<scalar_t>(), weight.size(0), dim, indices.const_data_ptr<index_t>(),
-                offsets.const_data_ptr<int64_t>(), psw ? psw->const_data_ptr<scalar_t>() : nullptr, mode, bags,
-                out.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        with_vector_width<max_vector_width<scalar_t>()>(width, [&](auto v) {
+          forward_kernel<decltype(tpb)::value, decltype(v)::value, scalar_t, index_t, acc_t>
+              <<<blocks_for(bags, lanes), kThreads, 0, stream>>>(
+                  weight.const_data_ptr<scalar_t>(), weight.size(0), dim, indices.const_data_ptr<index_t>(),
+                  offsets.const_data_ptr<int64_t>(), psw ? psw->const_data_ptr<scalar_t>() : nullptr, mode,
+                  bags, out.mutable_data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     });
   });
