@@ -175,10 +175,14 @@ def _projections(w_ptr, x0, x1, x2, x3, d, offs_k, ORDER: tl.constexpr):
 
 @triton.jit
 def _accumulate_rows(de, fields, grad, valid, offs_m):
-    """``de[fields[i]] += grad[i]`` for the valid entries ``i`` of a tile, as a one-hot ``tl.dot``
-    ``[M_PAD, ENTRY_BLOCK] x [ENTRY_BLOCK, D_PAD]`` (exact one-hot: 3xTF32 is fp32-accurate)."""
+    """``de[fields[i]] += grad[i]`` for the valid entries ``i`` of a tile, as one-hot ``tl.dot``s
+    ``[M_PAD, ENTRY_BLOCK] x [ENTRY_BLOCK, D_PAD]``. The one-hot factor is exact in TF32, so two TF32
+    dots, of ``grad``'s TF32 part and of its remainder, are as accurate as 3xTF32 (whose third
+    product, of the one-hot's zero remainder, is skipped)."""
     hot = ((offs_m[:, None] == fields[None, :]) & valid[None, :]).to(tl.float32)
-    return tl.dot(hot, grad, de, input_precision="tf32x3")
+    high = (grad.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    de = tl.dot(hot, high, de, input_precision="tf32")
+    return tl.dot(hot, grad - high, de, input_precision="tf32")
 
 
 # ----------------------------------------------------------------------------------------------
