@@ -16,6 +16,13 @@ TOOLS  := "scikit-build-core>=0.10" ninja pytest pytest-benchmark pytest-xdist n
 # h5py and ray.data), and deepctr-torch needs scikit-learn. Neither asks for another torch.
 PEERS     := deepctr-torch==0.3.0
 PEER_DEPS := scikit-learn==1.9.1 polars==2.1.0 h5py==3.16.0 pyarrow==26.0.1 pandas==3.1.1 ray==2.60.0
+# torchrec for fastint.torchrec (optional: tests/torchrec skip without it), installed without its
+# declared dependencies: they name the CUDA fbgemm-gpu, which must not land on a CPU torch (and could
+# pull another torch). FBGEMM's build must match torch's: fbgemm-gpu for a CUDA torch, else
+# fbgemm-gpu-cpu (1.9.0 does not load on torch 2.13). TORCHREC_DEPS is what importing torchrec needs.
+TORCHREC_VERSION ?= 1.8.0
+TORCHREC_DEPS := tensordict==0.15.3 cloudpickle==3.1.2 pyvers==0.2.2 pyre-extensions==0.0.32 \
+                 typing-inspect==0.9.0 mypy-extensions==1.1.0
 # parallel test workers: the interpreted kernel tests are single-threaded
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
@@ -24,7 +31,7 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaf
 run: $(VENV)/.installed
 	$(VENV)/bin/fastint train
 
-test: $(VENV)/.installed $(VENV)/.peers
+test: $(VENV)/.installed $(VENV)/.peers $(VENV)/.torchrec
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 bench: $(VENV)/.installed
@@ -66,6 +73,13 @@ $(VENV)/.deps: $(PY) Makefile
 $(VENV)/.peers: $(VENV)/.deps
 	@if $(PIP) install $(PEERS) $(PEER_DEPS) && $(PIP) install --no-deps fuxictr==2.3.10; then \
 		touch $@; else echo "make: peer libraries not installed: tests/patch will skip" >&2; fi
+
+# a machine without the registry still runs the tests: tests/torchrec skip (and this retries)
+$(VENV)/.torchrec: $(VENV)/.deps
+	@fbgemm=$$($(PY) -c "import torch; print('fbgemm-gpu' if torch.version.cuda else 'fbgemm-gpu-cpu')"); \
+	if $(PIP) install --no-deps torchrec==$(TORCHREC_VERSION) $$fbgemm==$(TORCHREC_VERSION) $(TORCHREC_DEPS) \
+		&& $(PY) -c "import fbgemm_gpu, torchrec"; then touch $@; \
+	else echo "make: torchrec not installed: tests/torchrec will skip" >&2; fi
 
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	$(PIP) install --no-build-isolation -e .

@@ -13,6 +13,9 @@ from fastint.models.interhat import InterHAt
 from fastint.schema import Schema
 
 MODELS: dict[str, type[CTRModel]] = {cls.name: cls for cls in (AutoInt, AFM, InterHAt, AIM, AutoFIS)}
+# build_model's ``embedding``: fastint's FieldEmbedding, or torchrec tables (fastint.torchrec), one per
+# field or grouped by pooling mode
+EMBEDDINGS = {"fastint": None, "torchrec": "per_field", "torchrec_grouped": "grouped"}
 
 
 def _accepts(annotation, value) -> bool:
@@ -44,13 +47,27 @@ def _model_class(name: str) -> type[CTRModel]:
     return MODELS[name.lower()]
 
 
+def _check_embedding(embedding) -> None:
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+    if EMBEDDINGS[embedding]:
+        try:
+            import fastint.torchrec  # noqa: F401
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+
+
 def check_hyperparameters(name: str, hparams: dict) -> None:
     """ValueError naming the first entry of ``hparams`` that is not a keyword argument of model
-    ``name``'s constructor or whose value does not fit its annotated type."""
+    ``name``'s constructor or whose value does not fit its annotated type; ``embedding`` (of
+    ``build_model``) must be a key of ``EMBEDDINGS`` whose library can be imported."""
     cls = _model_class(name)
     allowed = [p for p in inspect.signature(cls).parameters if p != "schema"]
     types = typing.get_type_hints(cls.__init__)
     for key, value in hparams.items():
+        if key == "embedding":
+            _check_embedding(value)
+            continue
         if key not in allowed:
             raise ValueError(f"no hyper-parameter {key!r} (it has {', '.join(allowed)})")
         if not _accepts(types.get(key), value):
@@ -58,14 +75,23 @@ def check_hyperparameters(name: str, hparams: dict) -> None:
                              f"got {value!r} ({type(value).__name__})")
 
 
-def build_model(name: str, schema: Schema, **hparams) -> CTRModel:
+def build_model(name: str, schema: Schema, *, embedding: str = "fastint", **hparams) -> CTRModel:
     """Build model ``name`` (a key of ``MODELS``: ``autoint``, ``afm``, ``interhat``, ``aim``,
     ``autofis``) for ``schema`` with the constructor's keyword ``hparams`` (checked by
     ``check_hyperparameters``). Every model records its ``config``, which rebuilds it:
-    ``build_model(schema=schema, **model.config)``."""
-    check_hyperparameters(name, hparams)
-    return _model_class(name)(schema, **hparams)
+    ``build_model(schema=schema, **model.config)``.
+
+    ``embedding="torchrec"`` (``"torchrec_grouped"``) puts the model's field embeddings on torchrec
+    tables, one per field (per pooling mode), holding the values the model was built with
+    (``fastint.torchrec.replace_field_embeddings``); the config then records ``embedding``."""
+    check_hyperparameters(name, {**hparams, "embedding": embedding})
+    model = _model_class(name)(schema, **hparams)
+    if EMBEDDINGS[embedding]:
+        from fastint.torchrec import replace_field_embeddings
+        replace_field_embeddings(model, EMBEDDINGS[embedding])
+        model.config["embedding"] = embedding
+    return model
 
 
-__all__ = ["AFM", "AIM", "AutoFIS", "AutoInt", "CTRModel", "InterHAt", "MODELS", "build_model",
+__all__ = ["AFM", "AIM", "AutoFIS", "AutoInt", "CTRModel", "EMBEDDINGS", "InterHAt", "MODELS", "build_model",
            "check_hyperparameters"]

@@ -54,18 +54,19 @@ import yaml
 from fastint.data import DATASETS, Dataset, load_dataset
 from fastint.data.loader import BatchLoader
 from fastint.metrics import compute_metrics
-from fastint.models import MODELS, CTRModel, build_model, check_hyperparameters
+from fastint.models import EMBEDDINGS, MODELS, CTRModel, build_model, check_hyperparameters
 from fastint.train.search import (SEARCHABLE, SELECTION, Search, SearchError, describe_selection, draw_selection,
                                   split_params)
-from fastint.train.trainer import (OPTIMIZERS, TrainConfig, Trainer, init_distributed, predict, resolve_device,
-                                   seed_everything)
+from fastint.train.trainer import (EMBEDDING_OPTIMIZERS, OPTIMIZERS, SHARDINGS, TrainConfig, Trainer, init_distributed,
+                                   load_weights, predict, resolve_device, seed_everything)
 
 SPLIT_PATHS = ("train_path", "valid_path", "test_path")
 DEFAULTS = {"model": "autoint", "model_params": {}, "dataset": "synthetic", "data_path": None,
             **dict.fromkeys(SPLIT_PATHS),
             "data_options": {}, "cache_dir": None, "out": None, "train": {}}
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_clip", "amp", "metric",
-               "patience", "seed", "device", "prefetch", "checkpoint_every", "stop_after_steps", "threads")
+               "patience", "seed", "device", "prefetch", "checkpoint_every", "stop_after_steps", "threads",
+               "sharding", "embedding_optimizer")
 # what reading a checkpoint the user points at raises when it is missing, truncated or not one
 CHECKPOINT_ERRORS = (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError)
 
@@ -149,6 +150,13 @@ def resolve_run_config(args) -> dict:
     if args.rows is not None:
         cfg["data_options"]["rows"] = args.rows
     cfg["train"].update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    if args.embedding is not None:
+        cfg["model_params"]["embedding"] = args.embedding
+    sharded = cfg["model_params"].get("embedding", "fastint") != "fastint"
+    if not sharded and any(cfg["train"].get(k, "auto") != "auto" for k in ("sharding", "embedding_optimizer")):
+        raise UsageError("--sharding and --embedding-optimizer need --embedding torchrec")
+    if sharded and cfg["model"].lower() in SEARCHABLE:
+        raise UsageError(f"the {cfg['model']} search prunes embedding dimensions: it runs on fastint embeddings only")
     if args.no_progress:
         cfg["train"]["progress"] = False
     cfg["model"] = cfg["model"].lower()
@@ -242,7 +250,7 @@ def cmd_train(args) -> int:
             trainer = Trainer(model, data, train_cfg, out_dir=cfg["out"])
         resume(trainer)
         result = trainer.fit()
-    if world > 1:
+    if dist.is_initialized():  # torchrun's, or the one-process group of torchrec embeddings
         dist.destroy_process_group()
     if result["interrupted"]:
         say(f"stopped after step {result['global_step']}; resume with --resume "
@@ -263,6 +271,8 @@ def cmd_train(args) -> int:
         for line in describe_selection(search.selection):
             say(line)
         say("wrote " + ", ".join([os.path.join(cfg["out"], SELECTION), *draw_selection(search.selection, cfg["out"])]))
+    elif trainer.sharded:  # its tables lived on the ranks' shards, gone with the process group
+        say("no attention heatmaps for a model on sharded torchrec embeddings")
     elif hasattr(model, "explain"):
         from fastint.train.explain import explain_to_files
         loader = BatchLoader(data, "test", 1024, shuffle=False, device=trainer.device)
@@ -289,10 +299,11 @@ def load_run(run_dir: str, device: str) -> tuple[dict, Dataset, CTRModel, torch.
         dev = resolve_device(device)
     with user_errors(*CHECKPOINT_ERRORS, context=f"cannot read checkpoint {ckpt_path}"):
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        model_config, weights = ckpt["model_config"], ckpt["model"]
+        model_config = ckpt["model_config"]
     data = open_dataset(cfg, cfg["train"]["seed"], progress=False)
     model = build_run_model(model_config, data.schema)
-    model.load_state_dict(weights)
+    with user_errors(*CHECKPOINT_ERRORS, context=f"cannot read checkpoint {ckpt_path}"):
+        load_weights(model, ckpt, ckpt_path)   # a torchrec run: its shards too, into the unsharded model
     return cfg, data, model.to(dev), dev
 
 
@@ -440,6 +451,14 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--optimizer", choices=OPTIMIZERS)
+    t.add_argument("--embedding", choices=EMBEDDINGS,
+                   help="fastint (default) | torchrec: tables sharded by torchrec (one per field; torchrec_grouped: "
+                        "per pooling mode); see the README's 'Beyond one GPU'")
+    t.add_argument("--sharding", choices=SHARDINGS, help="torchrec tables: auto (the planner's choice) | table_wise | "
+                                                         "row_wise | column_wise")
+    t.add_argument("--embedding-optimizer", choices=EMBEDDING_OPTIMIZERS,
+                   help="torchrec tables, fused into the backward: auto (rowwise_adagrad) | rowwise_adagrad | "
+                        "adam (CUDA) | sgd")
     t.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     t.add_argument("--amp", choices=("auto", "bf16", "off"))
     t.add_argument("--metric", choices=("auto", "auc", "logloss", "rmse"), help="early-stopping metric")

@@ -32,13 +32,25 @@
   (``batch_size`` is per rank: the global batch is ``batch_size * world_size``); every rank
   evaluates the full valid split (identical weights give identical decisions, no broadcast needed);
   rank 0 alone writes checkpoints and logs.
+* Sharded embeddings: a model built with ``embedding="torchrec"`` (``fastint.torchrec``) is wrapped
+  in torchrec's ``DistributedModelParallel`` instead of DDP, also in one process (a 1-rank process
+  group is created when none exists): its tables sharded ``sharding``-wise (``auto``: torchrec's
+  planner), ``embedding_optimizer`` (``auto`` = ``rowwise_adagrad``, ``adam`` (CUDA only) or ``sgd``;
+  learning rate ``lr``) fused into their backward, the dense part data-parallel with ``optimizer``. Its
+  checkpoints keep the tables sharded: ``<name>`` holds the dense state and names the directory
+  ``<name>-step<N>-<time>/`` that every rank writes its shards and fused-optimizer state into
+  (``torch.distributed.checkpoint``) before ``<name>`` is replaced atomically (a killed run leaves
+  the previous pair intact; older directories are removed after); such a model needs ``out_dir``.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -55,6 +67,8 @@ from fastint.metrics import HIGHER_IS_BETTER, compute_metrics
 from fastint.train.threads import available_cpus, cpu_threads_per_process
 
 OPTIMIZERS = ("adam", "adamw", "sparse_adam")
+SHARDINGS = ("auto", "table_wise", "row_wise", "column_wise")     # of models on torchrec embeddings
+EMBEDDING_OPTIMIZERS = ("auto", "rowwise_adagrad", "adam", "sgd")  # auto: rowwise_adagrad; adam: CUDA only
 
 
 @dataclass
@@ -75,6 +89,8 @@ class TrainConfig:
     checkpoint_every: int = 0       # also checkpoint every N steps (0: at epoch ends only)
     stop_after_steps: int = 0       # checkpoint and return after N steps in total (0: off)
     threads: int = 0                # torch CPU threads (0: auto, the idle CPUs: fastint.train.threads)
+    sharding: str = "auto"          # torchrec embeddings: auto | table_wise | row_wise | column_wise
+    embedding_optimizer: str = "auto"  # torchrec embeddings, fused: auto (rowwise_adagrad) | adam | sgd
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -90,11 +106,14 @@ class TrainConfig:
             "metric": self.metric in ("auto", *HIGHER_IS_BETTER), "patience": self.patience >= 0,
             "prefetch": self.prefetch >= 0, "checkpoint_every": self.checkpoint_every >= 0,
             "stop_after_steps": self.stop_after_steps >= 0, "threads": self.threads >= 0,
+            "sharding": self.sharding in SHARDINGS,
+            "embedding_optimizer": self.embedding_optimizer in EMBEDDING_OPTIMIZERS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
+            choices = {"optimizer": OPTIMIZERS, "sharding": SHARDINGS, "embedding_optimizer": EMBEDDING_OPTIMIZERS}
             raise ValueError(f"invalid training option {bad[0]}={getattr(self, bad[0])!r}"
-                             + (f" (choose from {', '.join(OPTIMIZERS)})" if bad[0] == "optimizer" else ""))
+                             + (f" (choose from {', '.join(choices[bad[0]])})" if bad[0] in choices else ""))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -138,6 +157,12 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _uses_torchrec(model: nn.Module) -> bool:
+    """Whether ``model`` holds torchrec embeddings (only possible once ``fastint.torchrec`` is imported)."""
+    module = sys.modules.get("fastint.torchrec")
+    return module is not None and bool(module.torchrec_embeddings(model))
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -173,7 +198,9 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.
     architecture = getattr(model, "architecture_optimizer", lambda: None)()
     extra = [architecture] if architecture is not None else []
     searched = {id(p) for opt in extra for g in opt.param_groups for p in g["params"]}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in searched]
+    # parameters that torch's _apply_optimizer_in_backward steps inside the backward (torchrec's fused tables)
+    params = [p for p in model.parameters()
+              if p.requires_grad and id(p) not in searched and not hasattr(p, "_in_backward_optimizers")]
     if config.optimizer == "adamw":
         return [torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay), *extra]
     sparse = _sparse_parameters(model) if config.optimizer == "sparse_adam" else []
@@ -232,7 +259,20 @@ class Trainer:
         if self.task == "regression" and self.metric == "auc":
             raise ValueError("metric auc needs a binary model; use rmse for regression")
         self.net = self.model
-        if self.world_size > 1:
+        self.sharded = _uses_torchrec(self.model)
+        if not self.sharded and (self.config.sharding, self.config.embedding_optimizer) != ("auto", "auto"):
+            raise ValueError("sharding and embedding_optimizer apply to models built with embedding='torchrec'")
+        if self.sharded:
+            if out_dir is None:
+                raise ValueError("a model on torchrec embeddings needs out_dir (for its sharded checkpoints)")
+            from fastint.torchrec import shard_model
+            if not dist.is_initialized():  # one process: DMP still needs a process group
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                        rank=0, world_size=1)
+            optimizer = self.config.embedding_optimizer
+            self.net = shard_model(self.model, self.device, sharding=self.config.sharding, lr=self.config.lr,
+                                   optimizer="rowwise_adagrad" if optimizer == "auto" else optimizer)
+        elif self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizers = build_optimizers(self.model, self.config)
@@ -328,7 +368,7 @@ class Trainer:
     def _finish(self) -> dict:
         best = self._checkpoint_path("best.pt")
         if best and os.path.isfile(best):
-            self.model.load_state_dict(torch.load(best, map_location=self.device, weights_only=False)["model"])
+            self._load_weights(torch.load(best, map_location=self.device, weights_only=False), best)
         elif self._best_weights is not None:
             self.model.load_state_dict(self._best_weights)
         return {"interrupted": False, "epochs": self.loader.epoch, "global_step": self.global_step,
@@ -360,16 +400,26 @@ class Trainer:
         path = self._checkpoint_path(name)
         if path is None:
             return
+        if self.sharded:  # every rank first writes its shards, into a new directory named by rank 0
+            from fastint.torchrec import save_sharded
+            shards = [f"{path}-step{self.global_step}-{time.time_ns()}"]
+            dist.broadcast_object_list(shards, src=0)
+            weights = save_sharded(self.net, shards[0], weights_only)
         if self.rank != 0:
             self._barrier()
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        ckpt = {"model": self.model.state_dict(), "model_config": getattr(self.model, "config", {}),
-                "global_step": self.global_step}
+        ckpt = {"model": weights if self.sharded else self.model.state_dict(),
+                "model_config": getattr(self.model, "config", {}), "global_step": self.global_step}
+        if self.sharded:
+            ckpt["shards"] = os.path.basename(shards[0])
         if not weights_only:
             ckpt.update(optimizers=[o.state_dict() for o in self.optimizers], rng=_rng_state(),
                         loader=self.loader.state_dict(), state=self.state, train_config=asdict(self.config))
         _save_atomically(ckpt, path)
+        if self.sharded:  # the directories that no checkpoint ``name`` refers to any more
+            for stale in set(glob.glob(f"{glob.escape(path)}-step*")) - set(shards):
+                shutil.rmtree(stale)
         self._barrier()
 
     def _barrier(self) -> None:
@@ -382,7 +432,7 @@ class Trainer:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if "optimizers" not in ckpt:
             raise ValueError(f"{path} holds weights only; resume needs a full checkpoint (last.pt)")
-        self.model.load_state_dict(ckpt["model"])
+        self._load_weights(ckpt, path, with_optimizer=True)
         if len(ckpt["optimizers"]) != len(self.optimizers):
             raise ValueError(f"{path} was written with a different optimizer setup")
         for opt, state in zip(self.optimizers, ckpt["optimizers"]):
@@ -391,6 +441,26 @@ class Trainer:
         self.global_step = ckpt["global_step"]
         self.state = ckpt["state"]
         _set_rng_state(ckpt["rng"])
+
+    def _load_weights(self, ckpt: dict, path: str, with_optimizer: bool = False) -> None:
+        """``load_weights`` into this trainer's model (and fused optimizer, ``with_optimizer``)."""
+        if ("shards" in ckpt) != self.sharded:
+            raise ValueError(f"{path} was written by a model {'with' if 'shards' in ckpt else 'without'} "
+                             f"torchrec embeddings")
+        fused = self.net.fused_optimizer if self.sharded and with_optimizer else None
+        load_weights(self.net if self.sharded else self.model, ckpt, path, fused)
+
+
+def load_weights(module: nn.Module, ckpt: dict, path: str, fused_optimizer=None) -> None:
+    """The weights of checkpoint ``ckpt``, read from ``path``, into ``module``: its ``model`` entry;
+    for a model on torchrec embeddings also the tables of the directory ``ckpt["shards"]``, into the
+    DMP-wrapped model (a collective) or an unsharded one (``build_model(..., embedding="torchrec")``
+    in one process, e.g. to evaluate), and ``fused_optimizer``'s state when given."""
+    if "shards" not in ckpt:
+        module.load_state_dict(ckpt["model"])
+        return
+    from fastint.torchrec import load_sharded
+    load_sharded(module, ckpt["model"], os.path.join(os.path.dirname(path), ckpt["shards"]), fused_optimizer)
 
 
 def _save_atomically(obj, path: str) -> None:
