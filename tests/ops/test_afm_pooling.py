@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from fastint import use_backend
+from fastint.kernels import afm_pooling as kernels
+from fastint.kernels._common import Target
 from fastint.ops.afm_pooling import afm_pooling
 from fastint.reference.afm_pooling import afm_pooling as reference
 from tests.helpers import (KERNEL_DEVICE, KERNEL_DTYPES, assert_compiled_grads_match,
@@ -264,3 +266,30 @@ def test_gradcheck_float64_reference_path():
 def test_kernel_backend_rejects_float64():
     with use_backend("kernel"), pytest.raises(TypeError, match="fused kernels take"):
         afm_pooling(**{k: (v.double() if v is not None else None) for k, v in args().items()})
+
+
+H100 = Target(interpreter=False, sm_count=132, capability=(9, 0))
+
+
+@pytest.mark.parametrize("fields, dim, parts, pair_block, num_warps", [
+    (39, 256, 2, 16, 8),   # de [64, 256] in two column parts: one part spilled (static gate)
+    (10, 256, 2, 16, 8),   # [16, 256] spilled too (16-40 B)
+    (39, 64, 1, 16, 8),
+    (39, 16, 1, 16, 4),
+])
+def test_activation_launch_config_on_gpu(fields, dim, parts, pair_block, num_warps):
+    pairs = fields * (fields - 1) // 2
+    cfg = kernels.launch_config("bwd_activations", 65536, fields, dim, dim, pairs, torch.float32, H100)
+    assert cfg.meta["K_PAD"] // cfg.meta["K_PART"] == parts and cfg.grid[0] % parts == 0
+    assert (cfg.meta["PAIR_BLOCK"], cfg.num_warps, cfg.num_stages) == (pair_block, num_warps, 1)
+
+
+def test_parameter_launch_config_on_gpu():
+    """Hidden-unit chunks x sample groups, about 4 programs per SM."""
+    cfg = kernels.launch_config("bwd_parameters", 65536, 39, 256, 256, 741, torch.float32, H100)
+    assert cfg.meta["T_BLOCK"] == 32 and cfg.grid == (8 * (4 * 132 // 8),)
+
+
+def test_launch_config_rejects_unknown_kernel():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        kernels.launch_config("bwd", 8, 4, 16, 16, 6, torch.float32, H100)

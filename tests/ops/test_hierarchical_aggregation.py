@@ -213,16 +213,27 @@ def test_kernel_backend_rejects_float64():
 H100 = Target(interpreter=False, sm_count=132, capability=(9, 0))
 
 
-@pytest.mark.parametrize("backward, fields, dim, att, samples, num_warps", [
-    (False, 39, 16, 16, 2, 4),     # 128 rows of 2*16 + 16: within the 4-warp budget
-    (False, 10, 40, 16, 4, 4),     # D_PAD 64: 128 rows would spill, 64 do not
-    (False, 39, 40, 64, 1, 4),     # one sample: 64 rows of 2*64 + 64 fill the budget exactly
-    (True, 10, 16, 64, 4, 4),      # the backward's budget follows D_PAD: a = 64 keeps 64 rows
-    (True, 10, 40, 16, 1, 4),
-    (True, 39, 40, 16, 1, 8),      # one sample of 64 rows is still too wide for 4 warps
+@pytest.mark.parametrize("kernel, fields, dim, att, samples, field_block", [
+    ("fwd", 39, 16, 16, 1, 32),              # 32 rows: one sample, fields in chunks of 32
+    ("fwd", 10, 40, 64, 2, 16),              # two samples of M_PAD = 16 fields
+    ("bwd_activations", 39, 40, 64, 1, 16),  # 16 rows: 32 spilled at d = 40
+    ("bwd_activations", 10, 16, 16, 1, 16),
 ])
-def test_launch_config_on_gpu(backward, fields, dim, att, samples, num_warps):
-    """The launch the static gate measured without spills where it could (see ``_tile_warps``)."""
-    cfg = kernels.launch_config(65536, fields, dim, att, 3, torch.float16, H100, backward=backward)
-    assert (cfg.meta["SAMPLES"], cfg.num_warps) == (samples, num_warps)
-    assert cfg.maxnreg == 255 and cfg.num_stages == (1 if backward else None)
+def test_launch_config_on_gpu(kernel, fields, dim, att, samples, field_block):
+    """The tiles the static gate measured without spills (see ``_ROWS``)."""
+    cfg = kernels.launch_config(kernel, 65536, fields, dim, att, 3, torch.float16, H100)
+    assert (cfg.meta["SAMPLES"], cfg.meta["FIELD_BLOCK"], cfg.meta["A_BLOCK"]) == (samples, field_block, 16)
+    assert cfg.grid == (65536 // samples,)
+    assert (cfg.num_warps, cfg.maxnreg, cfg.num_stages) == (4, 255, 1)
+
+
+def test_parameter_launch_config_on_gpu():
+    """Orders x attention chunks x about 4 programs per SM, each owning one slot per order."""
+    cfg = kernels.launch_config("bwd_parameters", 65536, 39, 40, 64, 3, torch.float32, H100)
+    assert (cfg.meta["ROW_BLOCK"], cfg.meta["A_BLOCK"]) == (32, 16)
+    assert cfg.grid == (3 * 4 * (4 * 132 // 12),)
+
+
+def test_launch_config_rejects_unknown_kernel():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        kernels.launch_config("bwd", 8, 4, 16, 16, 2, torch.float32, H100)
