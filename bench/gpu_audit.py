@@ -92,7 +92,7 @@ FA_VARIANTS = {
 @dataclasses.dataclass(frozen=True)
 class Case:
     op: str                      # field_attention | afm_pooling | hierarchical_aggregation | multi_function_interactions
-    kernel: str                  # fwd | bwd (multi_function_interactions: fwd | bwd_embeddings | bwd_parameters)
+    kernel: str                  # fwd | bwd, or a key of MULTI_KERNEL_BACKWARDS[op]
     shape: tuple                 # ((name, value), ...)
     dtype: str                   # a key of DTYPES
     capability: int              # a key of GPUS
@@ -133,21 +133,21 @@ def build_cases(full: bool) -> list[Case]:
     """The CI subset (the papers' configurations, M = 39; no TF32) or the full matrix."""
     shapes = []
     for s in _fa_shapes(full):
-        for kernel in ("fwd", "bwd"):
+        for kernel in FA_KERNELS:
             shapes.append(("field_attention", kernel, s))
         if s["variant"] == "tf" and s["H"] == 2 and s["dh"] == 32:      # the attention output too
             shapes.append(("field_attention", "fwd", {**s, "attention": True}))
-            shapes.append(("field_attention", "bwd", {**s, "attention": True}))
+            shapes.append(("field_attention", "bwd_attention", {**s, "attention": True}))
     for k, m in itertools.product((16, 64, 256) if full else (16, 64), (10, 39) if full else (39,)):
-        for kernel in ("fwd", "bwd"):
+        for kernel in AFM_KERNELS:
             shapes.append(("afm_pooling", kernel, dict(k=k, t=k, M=m)))
-            if k == 16:
+            if k == 16 and kernel != "bwd_parameters":   # the attention gradient enters ds only
                 shapes.append(("afm_pooling", kernel, dict(k=k, t=k, M=m, attention=True)))
     ha = itertools.product((16, 40), (16, 30, 64), (3, 4), (10, 39)) if full else [(16, 16, 3, 39)]
     for d, a, orders, m in ha:
-        for kernel in ("fwd", "bwd"):
+        for kernel in HA_KERNELS:
             shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m)))
-            if (d, a, orders) == (16, 16, 3):
+            if (d, a, orders) == (16, 16, 3) and kernel != "bwd_parameters":   # alpha is an input of its own
                 shapes.append(("hierarchical_aggregation", kernel, dict(d=d, a=a, K=orders, M=m, attention=True)))
     mfi = (itertools.product((8, 20, 40), (2, 3, 4), (10, 23, 39)) if full
            else [(20, 2, 39), (40, 3, 23)])
@@ -159,8 +159,14 @@ def build_cases(full: bool) -> list[Case]:
             for (op, kernel, shape), dtype, cap in itertools.product(shapes, dtypes, GPUS)]
 
 
-# multi_function_interactions' backward launches two kernels: the case's kernel -> launch index
+# backwards that launch several kernels (field_attention three, multi_function_interactions,
+# hierarchical_aggregation and afm_pooling two): the case's kernel -> launch index
+FA_KERNELS = {"fwd": 0, "bwd_output": 0, "bwd_attention": 1, "bwd_parameters": 2}
 MFI_KERNELS = {"fwd": 0, "bwd_embeddings": 0, "bwd_parameters": 1}
+HA_KERNELS = {"fwd": 0, "bwd_activations": 0, "bwd_parameters": 1}
+AFM_KERNELS = {"fwd": 0, "bwd_activations": 0, "bwd_parameters": 1}
+MULTI_KERNEL_BACKWARDS = {"field_attention": FA_KERNELS, "multi_function_interactions": MFI_KERNELS,
+                          "hierarchical_aggregation": HA_KERNELS, "afm_pooling": AFM_KERNELS}
 MFI_TUPLES = 64        # tuples of order >= 3 in the matrix (the top-K candidates of a search)
 
 
@@ -252,9 +258,10 @@ def record_launch(case: Case):
             _run_launcher(case, dtype)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    if case.op == "multi_function_interactions":
-        index = MFI_KERNELS[case.kernel]
-        expected = 2 if case.kernel.startswith("bwd") else 1
+    if case.op in MULTI_KERNEL_BACKWARDS:
+        kernels = MULTI_KERNEL_BACKWARDS[case.op]
+        index = kernels[case.kernel]
+        expected = sum(k.startswith("bwd") for k in kernels) if case.kernel.startswith("bwd") else 1
     else:
         index, expected = 0, 1
     if len(launches) != expected:

@@ -9,34 +9,46 @@ Per sample, ``X [M, d]`` (``H`` heads of width ``dh``, ``HD = H*dh``):
     R = act_res(X W_res + b_res) | X | 0                       (residual "project" | "identity" | "none")
     Z = O + R;  Y = act_out(Z) | LN(act_out(Z)) | act_out(LN(Z))   (layer_norm "none" | "after" | "before")
 
-Layout: a program owns ``SAMPLES`` consecutive samples (grid axis 0 = ``ceil(B / SAMPLES)``, so
-``B * H`` is not limited by the 65,535 cap of grid axes 1/2). Fields are padded to
-``M_PAD = max(16, next_pow2(M))``, ``d`` and ``dh`` to powers of two >= 16, heads to ``H_PAD``; every
-load and store is masked. Two register layouts:
+Layout: a program owns ``SAMPLES`` consecutive samples (grid axis 0, so ``B * H`` is not limited
+by the 65,535 cap of grid axes 1/2), held as rows ``[SAMPLES*M_PAD, ...]``: one row per (sample,
+field), fields padded to ``M_PAD = max(16, next_pow2(M))``; every load and store is masked.
+Columns are ``d`` (``D_PAD``), one head (``DH_PAD = max(16, next_pow2(dh))``: ``tl.dot`` operands)
+or all heads side by side (``H_PAD`` heads of ``DH_COLS`` columns, ``DH_COLS = next_pow2(dh)``
+without the floor of 16: column ``h*DH_COLS + j`` holds global column ``h*dh + j``). Every tile
+op is a 2-D ``tl.dot`` over all rows of the tile, one head at a time (only one head's ``q, k, v``
+and ``a`` are live): the projections, ``Q_h K_h^T`` as a block-diagonal ``[rows, rows]`` score
+tile (keys of other samples masked to ``-inf``) and ``A_h V_h``; LayerNorm reduces over columns.
 
-* rows  ``[SAMPLES*M_PAD, ...]``: one row per (sample, field), columns ``d`` (``D_PAD``) or the heads
-  side by side (``HD_PAD = H_PAD * DH_PAD``, column ``h*DH_PAD + j`` holds global column ``h*dh + j``).
-  Projections are single ``tl.dot`` s over all rows of the tile; LayerNorm reduces over columns.
-* heads ``[SAMPLES*H_PAD, M_PAD, DH_PAD]``: one batch entry per (sample, head); ``QK^T`` and ``AV`` are
-  batched ``tl.dot`` s.
+Dot operands are in the input dtype (fp16/bf16 on tensor cores; fp32 as ``tf32x3`` or ``tf32``
+following ``torch.backends.cuda.matmul.allow_tf32``, see ``dot_precision``); accumulation,
+softmax and LayerNorm are fp32. Padded rows/columns are never stored and carry zero gradient.
 
-Dot operands are in the input dtype (fp16/bf16 on tensor cores; fp32 as ``ieee`` or ``tf32`` following
-``torch.backends.cuda.matmul.allow_tf32``); accumulation, softmax and LayerNorm are fp32.
-Padded keys get score ``-inf``; padded rows/columns are never stored and carry zero gradient.
+Backward: three kernels (nothing of size ``B x H x M x M`` is saved; the forward is recomputed
+from ``x`` and the weights), so that no program holds the output-side tiles, one head's
+attention tiles and the weight gradients at once (register pressure, static GPU audit):
 
-Backward recomputes the forward of its tile from ``x`` and the weights (nothing of size
-``B x H x M x M`` is saved), one head at a time so that only one head's ``Q, K, V, A`` and their
-gradients are live (register pressure), then, with ``dZ`` from the output activation / LayerNorm
-backward and the residual's gradient first, per head:
+1. ``bwd_output``: recomputes ``Z`` (``_tile``) and back-propagates ``grad_y`` through the
+   output activation and LayerNorm: stores ``dZ`` and ``dR_p = dZ * [R_p > 0 if res_relu]``,
+   adds ``dgamma = colsum(gy * N)``, ``dbeta = colsum(gy)`` into per-program partial slots.
+2. ``bwd_attention``: per head, recomputes ``Q_h, K_h, V_h, A_h``, and with ``dO_h = dZ_h``:
 
-    dO = dZ;  dV_h = A_h^T dO_h;  dA_h = dO_h V_h^T (+ upstream grad of A)
-    dS_h = scale * A_h * (dA_h - rowsum(A_h * dA_h));  dQ_h = dS_h K_h;  dK_h = dS_h^T Q_h
-    dP_* = dQ/dK/dV * [P_* > 0 if qkv_relu];   dW_qkv += X^T dP;   db_qkv += colsum(dP)
-    dX = dP_q W_q^T + dP_k W_k^T + dP_v W_v^T + (dR_p W_res^T | dZ | 0)
+       dV_h = A_h^T dO_h;  dA_h = dO_h V_h^T (+ upstream grad of A)
+       dS_h = scale * A_h * (dA_h - rowsum(A_h * dA_h));  dQ_h = dS_h K_h;  dK_h = dS_h^T Q_h
+       dP_* = dQ/dK/dV * [P_* > 0 if qkv_relu]
+       dX = sum_h (dP_q W_q^T + dP_k W_k^T + dP_v W_v^T)_h + (dR_p W_res^T | dZ | 0)
 
-Its grid is capped (a few programs per SM); each program loops over tiles and adds its weight
-gradients into its own fp32 partial slot (``kernels._common.partial_slots``), summed afterwards:
-deterministic, no atomics.
+   and stores ``dX`` and ``G = [dP_q | dP_k | dP_v | dR_p]`` (the pre-activation gradients of
+   ``[X W_qkv | X W_res]``, ``dR_p`` with ``residual="project"`` only).
+3. ``bwd_parameters``: ``[dW_qkv | dW_res] = X^T G`` and ``[db_qkv | db_res] = colsum(G)``: a
+   plain tiled reduction over the ``B*M`` rows into per-chunk fp32 partial slots.
+
+Partial slots (``kernels._common.partial_slots``) are summed afterwards: deterministic, no
+atomics. ``dZ [B*M, HD]`` and ``G [B*M, 3*HD or 4*HD]`` are in ``x``'s dtype (the dots that read
+them round their operands to it anyway): ``(4 or 5) * M * HD`` extra elements per sample in memory;
+in HBM traffic ``dZ`` is written and read once, ``G`` written once and read once (its ``dR_p``
+columns twice), ``x`` read twice more: e.g. 65 KB more per sample at M = 39, d = HD = 64, fp16
+(the fused backward moved ``x``, ``grad_y`` and ``dx``: 15 KB), and 1.6 GB of buffers at
+B = 65,536.
 """
 from __future__ import annotations
 
@@ -73,24 +85,10 @@ def _grad_relu_if(g, out, FLAG: tl.constexpr):
 
 
 @triton.jit
-def _to_heads(t, SAMPLES: tl.constexpr, M_PAD: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr):
-    """rows ``[SAMPLES*M_PAD, H_PAD*DH_PAD]`` -> heads ``[SAMPLES*H_PAD, M_PAD, DH_PAD]``."""
-    t = tl.permute(tl.reshape(t, [SAMPLES, M_PAD, H_PAD, DH_PAD]), (0, 2, 1, 3))
-    return tl.reshape(t, [SAMPLES * H_PAD, M_PAD, DH_PAD])
-
-
-@triton.jit
-def _to_rows(t, SAMPLES: tl.constexpr, M_PAD: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr):
-    """heads ``[SAMPLES*H_PAD, M_PAD, DH_PAD]`` -> rows ``[SAMPLES*M_PAD, H_PAD*DH_PAD]``."""
-    t = tl.permute(tl.reshape(t, [SAMPLES, H_PAD, M_PAD, DH_PAD]), (0, 2, 1, 3))
-    return tl.reshape(t, [SAMPLES * M_PAD, H_PAD * DH_PAD])
-
-
-@triton.jit
-def _head_columns(H, dh, H_PAD: tl.constexpr, DH_PAD: tl.constexpr):
-    """Global column ``h*dh + j`` of each padded head column ``h*DH_PAD + j``, and its mask."""
-    offs_c = tl.arange(0, H_PAD * DH_PAD)
-    head, j = offs_c // DH_PAD, offs_c % DH_PAD
+def _head_columns(H, dh, H_PAD: tl.constexpr, DH_COLS: tl.constexpr):
+    """Global column ``h*dh + j`` of each padded head column ``h*DH_COLS + j``, and its mask."""
+    offs_c = tl.arange(0, H_PAD * DH_COLS)
+    head, j = offs_c // DH_COLS, offs_c % DH_COLS
     return head * dh + j, (head < H) & (j < dh)
 
 
@@ -128,17 +126,6 @@ def _layer_norm_backward(dn, n, rstd, col_mask, width):
 
 
 @triton.jit
-def _project(x2, w_ptr, b_ptr, part, offs_d, d, cols, col_mask, width, SAMPLES: tl.constexpr,
-             M_PAD: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_B: tl.constexpr,
-             RELU: tl.constexpr, PRECISION: tl.constexpr):
-    """Part ``part`` (0 Q, 1 K, 2 V) of ``act(x W_qkv + b_qkv)`` in heads layout (fp32)."""
-    w = _load_weight(w_ptr, offs_d, d, cols, col_mask, 3 * width, part * width)
-    bias = _load_vector(b_ptr, cols, col_mask, part * width, HAS_B, 0.0)
-    p = _relu_if(mm(x2, w, x2.dtype, PRECISION) + bias[None, :], RELU)
-    return _to_heads(p, SAMPLES, M_PAD, H_PAD, DH_PAD)
-
-
-@triton.jit
 def _head_project(x2, w_ptr, b_ptr, column0, offs_d, d, dh, width, DH_PAD: tl.constexpr,
                   HAS_B: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
     """One head of one part of ``act(x W_qkv + b_qkv)``: columns ``column0 .. column0 + dh - 1``,
@@ -151,39 +138,54 @@ def _head_project(x2, w_ptr, b_ptr, column0, offs_d, d, dh, width, DH_PAD: tl.co
 
 
 @triton.jit
+def _same_sample_keys(M, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
+    """``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` mask of the keys a query row attends to: the real fields
+    of its own sample (the tile's attention is block-diagonal, one ``M_PAD`` block per sample)."""
+    rows = tl.arange(0, SAMPLES * M_PAD)
+    return ((rows[:, None] // M_PAD) == (rows[None, :] // M_PAD)) & ((rows[None, :] % M_PAD) < M)
+
+
+@triton.jit
 def _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES: tl.constexpr,
                     M_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
                     PRECISION: tl.constexpr):
-    """Head ``h`` of the tile: ``q, k, v`` rows ``[SAMPLES*M_PAD, DH_PAD]`` and the attention
-    ``a [SAMPLES, M_PAD, M_PAD]`` (fp32)."""
+    """Head ``h`` of the tile: ``q, k, v`` rows ``[SAMPLES*M_PAD, DH_PAD]`` and the attention ``a``
+    ``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` (fp32), zero outside the diagonal blocks: 2-D dots over all
+    rows of the tile (tensor-core friendly layouts) instead of ``SAMPLES`` batched small ones."""
     q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
                       PRECISION)
     k = _head_project(x2, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
                       QKV_RELU, PRECISION)
     v = _head_project(x2, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
                       QKV_RELU, PRECISION)
-    scores = scale * mm(tl.reshape(q, [SAMPLES, M_PAD, DH_PAD]),
-                        tl.permute(tl.reshape(k, [SAMPLES, M_PAD, DH_PAD]), (0, 2, 1)), x2.dtype, PRECISION)
-    return q, k, v, masked_softmax(scores, (tl.arange(0, M_PAD) < M)[None, None, :], 2)
+    scores = scale * mm(q, tl.trans(k), x2.dtype, PRECISION)
+    return q, k, v, masked_softmax(scores, _same_sample_keys(M, SAMPLES, M_PAD), 1)
 
 
 @triton.jit
-def _head_project_backward(grad, out, x2t, w_ptr, dw_ptr, db_ptr, part, h, slot, offs_d, d, dh, width,
-                           D_PAD: tl.constexpr, HD_PAD: tl.constexpr, DH_PAD: tl.constexpr,
-                           HAS_B: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward of ``_head_project`` (part ``part``, head ``h``) given ``grad`` rows w.r.t. its
-    output ``out``: adds ``x^T dP`` and ``colsum(dP)`` to head ``h``'s columns of this program's
-    partial slot ``slot`` (``[3, D_PAD, HD_PAD]`` / ``[3, HD_PAD]``), returns ``dP W^T`` rows."""
+def _attention_offsets(sample0, h, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
+    """Offsets in ``A [B, H, M, M]`` of head ``h``'s tile ``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` and the
+    mask of its stored entries (real queries and keys of the same sample)."""
+    rows = tl.arange(0, SAMPLES * M_PAD)
+    samples, fields = sample0 + (rows // M_PAD).to(tl.int64), rows % M_PAD
+    offs = ((samples * H + h)[:, None] * M + fields[:, None]) * M + fields[None, :]
+    mask = _same_sample_keys(M, SAMPLES, M_PAD) & ((samples < B) & (fields < M))[:, None]
+    return offs, mask
+
+
+@triton.jit
+def _head_project_backward(grad, out, w_ptr, g_ptr, grow, row_mask, column0, offs_d, d, dh, w_stride,
+                           g_stride, DH_PAD: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward of ``_head_project`` (columns ``column0 .. column0 + dh - 1`` of ``W``) given
+    ``grad`` rows ``[SAMPLES*M_PAD, DH_PAD]`` w.r.t. its output ``out``: stores the pre-activation
+    gradient ``dP`` into the same columns of ``G`` (storage dtype) and returns ``dP W^T`` rows
+    ``[SAMPLES*M_PAD, D_PAD]`` (fp32)."""
     offs_j = tl.arange(0, DH_PAD)
     dp = _grad_relu_if(grad, out, RELU)
-    w = _load_weight(w_ptr, offs_d, d, part * width + h * dh + offs_j, offs_j < dh, 3 * width, 0)
-    base = slot * 3 + part
-    columns = h * DH_PAD + offs_j
-    accumulate_slot(dw_ptr + base * (D_PAD * HD_PAD) + offs_d[:, None] * HD_PAD + columns[None, :],
-                    mm(x2t, dp, x2t.dtype, PRECISION))
-    if HAS_B:
-        accumulate_slot(db_ptr + base * HD_PAD + columns, tl.sum(dp, axis=0))
-    return mm(dp, tl.trans(w), x2t.dtype, PRECISION)
+    tl.store(g_ptr + grow[:, None] * g_stride + column0 + offs_j[None, :], dp.to(g_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (offs_j[None, :] < dh))
+    w = _load_weight(w_ptr, offs_d, d, column0 + offs_j, offs_j < dh, w_stride, 0)
+    return mm(dp, tl.trans(w), g_ptr.dtype.element_ty, PRECISION)
 
 
 @triton.jit
@@ -195,49 +197,41 @@ def _row_offsets(sample0, B, M, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
 
 
 @triton.jit
-def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sample0,
+def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, sample0,
           B, M, d, H, dh, scale, eps,
           SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-          DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
+          DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
           RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
           OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
-          HAS_LNB: tl.constexpr, BY_HEAD: tl.constexpr, PRECISION: tl.constexpr):
-    """Forward of samples ``sample0 .. sample0+SAMPLES-1``; returns every intermediate the backward needs.
+          HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, PRECISION: tl.constexpr):
+    """Forward of samples ``sample0 .. sample0+SAMPLES-1``, one head at a time (only one head's
+    ``q, k, v, a`` are live); stores each head's attention into ``A`` with ``STORE_A``.
 
-    Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype), ``a`` in heads layout
-    ``[SAMPLES*H_PAD, M_PAD, M_PAD]`` (fp32; with ``BY_HEAD`` a placeholder), ``r`` (residual),
-    ``z`` (``O + R``), ``n, rstd`` (LayerNorm; dummies without) and ``y``, rows
-    ``[SAMPLES*M_PAD, HD_PAD]`` fp32. ``BY_HEAD``: the attention one head at a time (fewer live
-    tiles, the backward's choice) instead of all heads in batched dots (the forward's).
+    Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype) and, rows
+    ``[SAMPLES*M_PAD, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm;
+    dummies without) and ``y``: every intermediate the backward needs.
     """
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
     offs_d = tl.arange(0, D_PAD)
-    cols, col_mask = _head_columns(H, dh, H_PAD, DH_PAD)
+    cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     width = H * dh
 
     x2 = tl.load(x_ptr + grow[:, None] * d + offs_d[None, :],
                  mask=row_mask[:, None] & (offs_d[None, :] < d), other=0.0)
-    if BY_HEAD:
-        head_of = tl.arange(0, H_PAD)[None, :, None]
-        z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_PAD], tl.float32)
-        for h in range(H):
-            q_h, k_h, v_h, a_h = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width,
-                                                 SAMPLES, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            o = mm(a_h, tl.reshape(v_h, [SAMPLES, M_PAD, DH_PAD]), DTYPE, PRECISION)
-            z3 += tl.where(head_of == h, tl.reshape(o, [SAMPLES * M_PAD, DH_PAD])[:, None, :], 0.0)
-        z = tl.reshape(z3, [SAMPLES * M_PAD, H_PAD * DH_PAD])
-        a = tl.zeros([SAMPLES * H_PAD, M_PAD, M_PAD], tl.float32)    # not needed by the backward
-    else:
-        q = _project(x2, wqkv_ptr, bqkv_ptr, 0, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
-                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        k = _project(x2, wqkv_ptr, bqkv_ptr, 1, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
-                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        v = _project(x2, wqkv_ptr, bqkv_ptr, 2, offs_d, d, cols, col_mask, width, SAMPLES, M_PAD, H_PAD,
-                     DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        scores = scale * mm(q, tl.permute(k, (0, 2, 1)), DTYPE, PRECISION)  # [SAMPLES*H_PAD, M_PAD, M_PAD]
-        a = masked_softmax(scores, (tl.arange(0, M_PAD) < M)[None, None, :], 2)
-        z = _to_rows(mm(a, v, DTYPE, PRECISION), SAMPLES, M_PAD, H_PAD, DH_PAD)
+    head_of = tl.arange(0, H_PAD)[None, :, None]
+    z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_COLS], tl.float32)
+    for h in range(H):
+        q_h, k_h, v_h, a_h = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width,
+                                             SAMPLES, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        if STORE_A:
+            offs, mask = _attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
+            tl.store(a_ptr + offs, a_h.to(a_ptr.dtype.element_ty), mask=mask)
+        o = mm(a_h, v_h, DTYPE, PRECISION)                  # [rows, DH_PAD], zero beyond dh
+        if DH_COLS < DH_PAD:                                  # its first DH_COLS columns
+            o = tl.sum(tl.reshape(o, [SAMPLES * M_PAD, DH_PAD // DH_COLS, DH_COLS]), axis=1)
+        z3 += tl.where(head_of == h, o[:, None, :], 0.0)
+    z = tl.reshape(z3, [SAMPLES * M_PAD, H_PAD * DH_COLS])
 
     if RESIDUAL == 2:
         w = _load_weight(wres_ptr, offs_d, d, cols, col_mask, width, 0)
@@ -261,33 +255,7 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sampl
     else:
         n, rstd = z, tl.zeros_like(row_mask.to(tl.float32))
         y = _relu_if(z, OUT_RELU)
-    return x2, a, r, z, n, rstd, y
-
-
-@triton.jit
-def _attention_offsets(sample0, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.constexpr, H_PAD: tl.constexpr):
-    """Offsets and mask of the heads-layout tile ``[SAMPLES*H_PAD, M_PAD, M_PAD]`` in ``A [B, H, M, M]``."""
-    entry = tl.arange(0, SAMPLES * H_PAD)
-    samples, heads = sample0 + (entry // H_PAD).to(tl.int64), entry % H_PAD
-    offs_m = tl.arange(0, M_PAD)
-    query, key = offs_m[None, :, None], offs_m[None, None, :]
-    offs = ((samples * H + heads)[:, None, None] * M + query) * M + key
-    mask = ((samples < B) & (heads < H))[:, None, None] & (query < M) & (key < M)
-    return offs, mask
-
-
-# ----------------------------------------------------------------------------------------------
-# kernels
-# ----------------------------------------------------------------------------------------------
-
-@triton.jit
-def _head_attention_offsets(sample0, h, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
-    """Offsets and mask of head ``h``'s tile ``[SAMPLES, M_PAD, M_PAD]`` in ``A [B, H, M, M]``."""
-    samples = sample0 + tl.arange(0, SAMPLES).to(tl.int64)
-    offs_m = tl.arange(0, M_PAD)
-    query, key = offs_m[None, :, None], offs_m[None, None, :]
-    offs = ((samples * H + h)[:, None, None] * M + query) * M + key
-    return offs, (samples < B)[:, None, None] & (query < M) & (key < M)
+    return x2, r, z, n, rstd, y
 
 
 @triton.jit
@@ -295,7 +263,7 @@ def _field_attention_fwd_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, y_ptr, a_ptr,
         B, M, d, H, dh, scale, eps,
         SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-        DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
+        DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
         HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr,
         LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
         STORE_A: tl.constexpr, PRECISION: tl.constexpr):
@@ -303,54 +271,46 @@ def _field_attention_fwd_kernel(
     rows ``[SAMPLES*M_PAD, D_PAD]``, runs the whole layer on chip (``_tile``) and stores ``Y``
     rows ``[SAMPLES*M_PAD, H*dh]`` and, with ``STORE_A``, ``A [SAMPLES, H, M, M]``."""
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    x2, a, r, z, n, rstd, y = _tile(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sample0, B, M, d, H, dh,
-        scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
-        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, PRECISION)
+    x2, r, z, n, rstd, y = _tile(
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, sample0, B, M, d, H, dh,
+        scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
+        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, PRECISION)
     grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
-    cols, col_mask = _head_columns(H, dh, H_PAD, DH_PAD)
+    cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     tl.store(y_ptr + grow[:, None] * (H * dh) + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :])
-    if STORE_A:
-        offs, mask = _attention_offsets(sample0, B, M, H, SAMPLES, M_PAD, H_PAD)
-        tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _field_attention_bwd_kernel(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr, ga_ptr,
-        dx_ptr, dwqkv_ptr, dbqkv_ptr, dwres_ptr, dbres_ptr, dlnw_ptr, dlnb_ptr,
+def _field_attention_bwd_output_kernel(
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr,
+        dz_ptr, g_ptr, dlnw_ptr, dlnb_ptr,
         B, M, d, H, dh, scale, eps, num_tiles,
         SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-        DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
+        DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
         HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr,
         LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
-        HAS_GY: tl.constexpr, HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+        HAS_GY: tl.constexpr, PRECISION: tl.constexpr):
     """One program: tiles ``pid, pid + programs, ...`` of ``SAMPLES`` samples each. Per tile it
-    recomputes the forward (``_tile``), back-propagates ``grad_y`` / ``grad_a`` through LayerNorm,
-    the attention and the projections, stores ``dx`` rows ``[SAMPLES*M_PAD, d]`` and adds the
-    tile's weight gradients into its own partial slots ``[D_PAD, HD_PAD]`` / ``[HD_PAD]``."""
+    recomputes the forward (``_tile``), back-propagates ``grad_y`` through the output activation
+    and LayerNorm and stores ``dZ`` rows ``[SAMPLES*M_PAD, H*dh]`` (storage dtype), with
+    ``RESIDUAL == 2`` also the residual's pre-activation gradient ``dR_p`` into its columns of
+    ``G``; adds the LayerNorm affine's gradients into its own partial slots ``[HD_PAD]``."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    HD_PAD: tl.constexpr = H_PAD * DH_PAD
+    HD_PAD: tl.constexpr = H_PAD * DH_COLS
     pid = tl.program_id(0)
-    offs_d = tl.arange(0, D_PAD)
-    offs_c = tl.arange(0, HD_PAD)
-    cols, col_mask = _head_columns(H, dh, H_PAD, DH_PAD)
+    cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     width = H * dh
-    # this program's partial weight-gradient slots (padded tile shape: no masks needed)
-    dw_slot = pid.to(tl.int64) * (D_PAD * HD_PAD) + offs_d[:, None] * HD_PAD + offs_c[None, :]
-    dv_slot = pid.to(tl.int64) * HD_PAD + offs_c
+    dv_slot = pid.to(tl.int64) * HD_PAD + tl.arange(0, HD_PAD)
     gamma = _load_vector(lnw_ptr, cols, col_mask, 0, HAS_LNW, 1.0)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         sample0 = tile * SAMPLES
-        x2, a_all, r, z, n, rstd, y = _tile(
-            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, sample0, B, M, d, H,
-            dh, scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, HAS_BQKV, QKV_RELU, RESIDUAL,
-            HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, True, PRECISION)
+        x2, r, z, n, rstd, y = _tile(
+            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, sample0, B, M, d, H,
+            dh, scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL,
+            HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, PRECISION)
         grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
         out_mask = row_mask[:, None] & col_mask[None, :]
-
-        # dZ through the output activation and LayerNorm
         if HAS_GY:
             gy = tl.load(gy_ptr + grow[:, None] * width + cols[None, :], mask=out_mask, other=0.0
                          ).to(tl.float32)
@@ -367,55 +327,105 @@ def _field_attention_bwd_kernel(
             dz = _layer_norm_backward(gy * gamma[None, :], n, rstd, col_mask, width)
         else:
             dz = _grad_relu_if(gy, z, OUT_RELU)
-
         if LAYER_NORM != 0:
             if HAS_LNW:
                 accumulate_slot(dlnw_ptr + dv_slot, dgamma)
             if HAS_LNB:
                 accumulate_slot(dlnb_ptr + dv_slot, dbeta)
-
-        # Each gradient tile is consumed as soon as it exists (the residual first, then V, Q, K):
-        # fewer tiles live at once than computing dQ, dK, dV first (register pressure).
-        x2t = tl.trans(x2)
+        tl.store(dz_ptr + grow[:, None] * width + cols[None, :], dz.to(DTYPE), mask=out_mask)
         if RESIDUAL == 2:
-            dr = _grad_relu_if(dz, r, RES_RELU)
-            w = _load_weight(wres_ptr, offs_d, d, cols, col_mask, width, 0)
-            dx = mm(dr, tl.trans(w), DTYPE, PRECISION)
-            accumulate_slot(dwres_ptr + dw_slot, mm(x2t, dr, DTYPE, PRECISION))
-            if HAS_BRES:
-                accumulate_slot(dbres_ptr + dv_slot, tl.sum(dr, axis=0))
-        elif RESIDUAL == 1:
-            # scatter head columns back to x's columns: dZ @ E with E[h*DH_PAD + j, h*dh + j] = 1
-            select = (cols[:, None] == offs_d[None, :]) & col_mask[:, None]
-            dx = tl.dot(dz, select.to(tl.float32), input_precision="tf32x3")
-        else:
-            dx = tl.zeros([SAMPLES * M_PAD, D_PAD], tl.float32)
+            tl.store(g_ptr + grow[:, None] * (4 * width) + 3 * width + cols[None, :],
+                     _grad_relu_if(dz, r, RES_RELU).to(DTYPE), mask=out_mask)
 
-        # attention and projections, one head at a time (only one head's tiles are live)
-        head_of = tl.arange(0, H_PAD)[None, :, None]
-        dz3 = tl.reshape(dz, [SAMPLES * M_PAD, H_PAD, DH_PAD])
-        for h in range(H):
-            q, k, v, a = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES,
-                                         M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            q3 = tl.reshape(q, [SAMPLES, M_PAD, DH_PAD])
-            k3 = tl.reshape(k, [SAMPLES, M_PAD, DH_PAD])
-            do = tl.reshape(tl.sum(tl.where(head_of == h, dz3, 0.0), axis=1), [SAMPLES, M_PAD, DH_PAD])
-            da = mm(do, tl.permute(tl.reshape(v, [SAMPLES, M_PAD, DH_PAD]), (0, 2, 1)), DTYPE, PRECISION)
-            if HAS_GA:
-                offs, mask = _head_attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
-                da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            dv = tl.reshape(mm(tl.permute(a, (0, 2, 1)), do, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
-            dx += _head_project_backward(dv, v, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 2, h, pid, offs_d, d,
-                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            ds = scale * a * (da - tl.sum(a * da, axis=2)[:, :, None])
-            dq = tl.reshape(mm(ds, k3, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
-            dx += _head_project_backward(dq, q, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 0, h, pid, offs_d, d,
-                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            dk = tl.reshape(mm(tl.permute(ds, (0, 2, 1)), q3, DTYPE, PRECISION), [SAMPLES * M_PAD, DH_PAD])
-            dx += _head_project_backward(dk, k, x2t, wqkv_ptr, dwqkv_ptr, dbqkv_ptr, 1, h, pid, offs_d, d,
-                                         dh, width, D_PAD, HD_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        tl.store(dx_ptr + grow[:, None] * d + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & (offs_d[None, :] < d))
+
+@triton.jit
+def _head_rows(ptr, grow, row_mask, row_stride, column0, dh, DH_PAD: tl.constexpr):
+    """Columns ``column0 .. column0 + dh - 1`` of the tile's rows of a ``[B*M, row_stride]``
+    tensor, as fp32 ``[SAMPLES*M_PAD, DH_PAD]`` (zeros where padded)."""
+    offs_j = tl.arange(0, DH_PAD)
+    return tl.load(ptr + grow[:, None] * row_stride + column0 + offs_j[None, :],
+                   mask=row_mask[:, None] & (offs_j[None, :] < dh), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _field_attention_bwd_attention_kernel(
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, dz_ptr, ga_ptr, dx_ptr, g_ptr,
+        B, M, d, H, dh, scale,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, DH_PAD: tl.constexpr,
+        HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
+        HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+    """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, one head at a time (only one
+    head's tiles are live). Given ``dZ`` (``_field_attention_bwd_output_kernel``) it recomputes the
+    head's ``q, k, v, a``, back-propagates ``dO_h = dZ_h`` (and ``grad_a``) through the attention,
+    stores ``dP_q, dP_k, dP_v`` into their columns of ``G`` and accumulates
+    ``dx = sum_h (dP_q W_q^T + dP_k W_k^T + dP_v W_v^T)_h + (dR_p W_res^T | dZ | 0)``, stored as
+    rows ``[SAMPLES*M_PAD, d]``."""
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
+    grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    x_mask = row_mask[:, None] & (offs_d[None, :] < d)
+    width = H * dh
+    g_stride = (4 if RESIDUAL == 2 else 3) * width
+    x2 = tl.load(x_ptr + grow[:, None] * d + offs_d[None, :], mask=x_mask, other=0.0)
+    if RESIDUAL == 1:                                         # R = X (d == H*dh): dX = dZ
+        dx = tl.load(dz_ptr + grow[:, None] * width + offs_d[None, :], mask=x_mask, other=0.0).to(tl.float32)
+    else:
+        dx = tl.zeros([SAMPLES * M_PAD, D_PAD], tl.float32)
+    for h in range(H):
+        q, k, v, a = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES,
+                                     M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        if RESIDUAL == 2:
+            dr = _head_rows(g_ptr, grow, row_mask, g_stride, 3 * width + h * dh, dh, DH_PAD)
+            offs_j = tl.arange(0, DH_PAD)
+            w = _load_weight(wres_ptr, offs_d, d, h * dh + offs_j, offs_j < dh, width, 0)
+            dx += mm(dr, tl.trans(w), DTYPE, PRECISION)
+        do = _head_rows(dz_ptr, grow, row_mask, width, h * dh, dh, DH_PAD)
+        dv = mm(tl.trans(a), do, DTYPE, PRECISION)
+        dx += _head_project_backward(dv, v, wqkv_ptr, g_ptr, grow, row_mask, 2 * width + h * dh, offs_d,
+                                     d, dh, 3 * width, g_stride, DH_PAD, QKV_RELU, PRECISION)
+        da = mm(do, tl.trans(v), DTYPE, PRECISION)
+        if HAS_GA:
+            offs, mask = _attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
+            da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        ds = scale * a * (da - tl.sum(a * da, axis=1)[:, None])
+        dx += _head_project_backward(mm(ds, k, DTYPE, PRECISION), q, wqkv_ptr, g_ptr, grow, row_mask,
+                                     h * dh, offs_d, d, dh, 3 * width, g_stride, DH_PAD, QKV_RELU, PRECISION)
+        dx += _head_project_backward(mm(tl.trans(ds), q, DTYPE, PRECISION), k, wqkv_ptr, g_ptr, grow,
+                                     row_mask, width + h * dh, offs_d, d, dh, 3 * width, g_stride, DH_PAD,
+                                     QKV_RELU, PRECISION)
+    tl.store(dx_ptr + grow[:, None] * d + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
+
+
+@triton.jit
+def _field_attention_bwd_parameters_kernel(
+        x_ptr, g_ptr, dw_ptr, db_ptr, rows, d, n,
+        D_PAD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Program ``(chunk, j)``: chunk ``chunk`` of ``X [rows, d]`` and ``G [rows, n]`` (the rows
+    split into ``chunks = num_programs(0)`` runs of whole ``BLOCK_ROWS`` blocks), columns
+    ``j*BLOCK_N ..`` of ``G``. Accumulates ``X^T G`` ``[D_PAD, BLOCK_N]`` and ``colsum(G)``
+    ``[BLOCK_N]`` in fp32 registers and writes them into slot ``chunk`` of
+    ``dW [chunks, D_PAD, N_PAD]`` / ``db [chunks, N_PAD]`` (``N_PAD`` = the column blocks' width)."""
+    chunk, block = tl.program_id(0), tl.program_id(1)
+    n_pad = tl.num_programs(1) * BLOCK_N
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    per_chunk = tl.cdiv(tl.cdiv(rows, tl.num_programs(0)), BLOCK_ROWS) * BLOCK_ROWS
+    first = chunk.to(tl.int64) * per_chunk
+    last = tl.minimum(first + per_chunk, rows)
+    acc = tl.zeros([D_PAD, BLOCK_N], tl.float32)
+    colsum = tl.zeros([BLOCK_N], tl.float32)
+    for row0 in range(first, last, BLOCK_ROWS):
+        offs_r = row0 + tl.arange(0, BLOCK_ROWS)
+        row_mask = offs_r < last
+        xt = tl.load(x_ptr + offs_r[None, :] * d + offs_d[:, None],
+                     mask=row_mask[None, :] & (offs_d[:, None] < d), other=0.0)
+        g = tl.load(g_ptr + offs_r[:, None] * n + offs_n[None, :],
+                    mask=row_mask[:, None] & (offs_n[None, :] < n), other=0.0)
+        acc += mm(xt, g, g.dtype, PRECISION)
+        colsum += tl.sum(g.to(tl.float32), axis=0)
+    tl.store(dw_ptr + (chunk * D_PAD + offs_d[:, None]) * n_pad + offs_n[None, :], acc)
+    tl.store(db_ptr + chunk * n_pad + offs_n, colsum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,58 +435,104 @@ def _field_attention_bwd_kernel(
 _RESIDUAL_CODES = {"none": 0, "identity": 1, "project": 2}
 _LAYER_NORM_CODES = {"none": 0, "after": 1, "before": 2}
 PARAMETERS = ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")
-_BACKWARD_PROGRAMS_PER_SM = 4   # persistent grid: each program loops over tiles
+KERNELS = ("fwd", "bwd_output", "bwd_attention", "bwd_parameters")
+_BACKWARD_PROGRAMS_PER_SM = 4   # persistent grid of bwd_output: each program loops over tiles
+_PARAMETER_PROGRAMS_PER_SM = 4  # (row chunks x column blocks) of bwd_parameters
+_PARAMETER_BLOCK_ROWS = 64
 
 
 def padded_sizes(fields: int, dim: int, num_heads: int, head_dim: int) -> dict[str, int]:
-    """Power-of-two tile sizes ``M_PAD``, ``D_PAD``, ``H_PAD``, ``DH_PAD`` (``tl.dot`` needs >= 16)."""
-    return {"M_PAD": next_pow2(fields), "D_PAD": next_pow2(dim),
-            "H_PAD": triton.next_power_of_2(num_heads), "DH_PAD": next_pow2(head_dim)}
+    """Power-of-two tile sizes ``M_PAD``, ``D_PAD``, ``H_PAD``, ``DH_PAD`` (``tl.dot`` needs >= 16)
+    and ``DH_COLS``, the columns of one head in the rows layout: the next power of two of ``dh``,
+    no floor of 16 (half the width of every full-width tile at ``dh = 8``) as long as the heads
+    together are 16 columns wide."""
+    h_pad = triton.next_power_of_2(num_heads)
+    return {"M_PAD": next_pow2(fields), "D_PAD": next_pow2(dim), "H_PAD": h_pad, "DH_PAD": next_pow2(head_dim),
+            "DH_COLS": max(triton.next_power_of_2(head_dim), 16 // h_pad)}
+
+
+def projection_width(head_dim: int, options: FieldAttentionOptions) -> int:
+    """Columns of ``G``, the pre-activation gradients of ``[X W_qkv | X W_res]``: ``3*H*dh``, plus
+    ``H*dh`` with ``residual="project"``."""
+    return (4 if options.residual == "project" else 3) * options.num_heads * head_dim
 
 
 def _samples_and_warps(batch: int, pads: dict[str, int], dtype: torch.dtype, target: Target,
-                       backward: bool) -> tuple[int, int]:
-    """GPU: about 128 rows (``SAMPLES * M_PAD``) per program in the half-precision forward, 64
-    in the fp32 forward (its 3xTF32 dots hold split operands) and in the backward (which holds
-    ~3x more live tiles), at least one sample; warps so that the largest fp32 tile (rows x width,
-    or the scores ``[SAMPLES*H_PAD, M_PAD, M_PAD]``) is about 64 values per thread in the forward
-    and 32 in the backward (static audit: half the spills at M = 39), 4..16 warps.
-    Interpreter: a handful of large programs."""
+                       kernel: str) -> tuple[int, int]:
+    """GPU, rows (``SAMPLES * M_PAD``) per program, at least one sample (sizes from the static
+    GPU audit, the fewest spills): forward 128 (fp32: 64, its 3xTF32 dots hold split operands);
+    ``bwd_output`` 32; ``bwd_attention`` 64, one warpgroup of 4 warps (a 64-row wgmma tile;
+    fp32: 32 rows). Forward: warps so that the largest fp32 tile (rows x width, or one head's
+    scores ``[rows, rows]``) is about 64 values per thread, 4..16 warps; ``bwd_output``: 8 warps
+    from 64 x 64 values on, else 4. Interpreter: a handful of large programs."""
     if target.interpreter:
         return interpreter_samples(batch), 4
-    m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_PAD"])
-    samples = max(1, (64 if backward or dtype == torch.float32 else 128) // m_pad)
-    largest = samples * max(m_pad * width, pads["H_PAD"] * m_pad * m_pad)
-    values_per_thread = 32 if backward else 64
-    return samples, min(16, max(4, triton.next_power_of_2(largest // (values_per_thread * 32))))
+    m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_COLS"])
+    half = dtype != torch.float32
+    rows = {"fwd": 128 if half else 64, "bwd_output": 32, "bwd_attention": 64 if half else 32}[kernel]
+    samples = max(1, rows // m_pad)
+    if kernel == "bwd_attention":
+        return samples, 4
+    rows = samples * m_pad
+    largest = rows * max(width, rows)
+    if kernel == "bwd_output":
+        return samples, 8 if largest >= 64 * 64 else 4
+    return samples, min(16, max(4, triton.next_power_of_2(largest // (64 * 32))))
+
+
+def _parameters_config(rows: int, dim: int, columns: int, dtype: torch.dtype, target: Target) -> LaunchConfig:
+    """``X^T G`` and ``colsum(G)`` for ``X [rows, dim]``, ``G [rows, columns]``: a grid of
+    (row chunks, ``BLOCK_N`` column blocks), about ``_PARAMETER_PROGRAMS_PER_SM`` programs per
+    SM (interpreter: two chunks), each accumulating ``[D_PAD, BLOCK_N]`` in registers over
+    ``BLOCK_ROWS``-row steps of its chunk (two pipeline stages: loads of the next step overlap)."""
+    block_n = min(64, next_pow2(columns))
+    blocks = triton.cdiv(columns, block_n)
+    steps = triton.cdiv(max(rows, 1), _PARAMETER_BLOCK_ROWS)
+    wanted = 2 if target.interpreter else triton.cdiv(_PARAMETER_PROGRAMS_PER_SM * target.sm_count, blocks)
+    meta = dict(D_PAD=next_pow2(dim), BLOCK_ROWS=_PARAMETER_BLOCK_ROWS, BLOCK_N=block_n,
+                PRECISION=dot_precision(dtype))
+    return LaunchConfig(_field_attention_bwd_parameters_kernel, (max(1, min(wanted, steps)), blocks), meta, 4,
+                        num_stages=2, maxnreg=register_cap(4))
 
 
 def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch.dtype,
-                  options: FieldAttentionOptions, target: Target, *, present: Collection[str] = ("w_qkv",),
-                  backward: bool = False, return_attention: bool = False, grad_y: bool = True,
-                  grad_a: bool = False) -> LaunchConfig:
-    """The launch of the forward (or ``backward``) kernel for ``x [batch, fields, dim]`` in
-    ``dtype`` with the parameters named in ``present`` (see ``PARAMETERS``); ``grad_y``/``grad_a``:
-    which upstream gradients the backward gets.
+                  options: FieldAttentionOptions, target: Target, *, kernel: str = "fwd",
+                  present: Collection[str] = ("w_qkv",), return_attention: bool = False,
+                  grad_y: bool = True, grad_a: bool = False) -> LaunchConfig:
+    """The launch of ``kernel`` (one of ``KERNELS``) for ``x [batch, fields, dim]`` in ``dtype``
+    with the parameters named in ``present`` (see ``PARAMETERS``); ``grad_y``/``grad_a``: which
+    upstream gradients the backward gets.
 
-    Forward grid: one program per ``SAMPLES`` samples (axis 0 only). Backward grid: a few programs
-    per SM (``persistent_programs``), each looping over tiles of ``SAMPLES`` samples."""
+    ``fwd`` and ``bwd_attention``: one program per ``SAMPLES`` samples (grid axis 0 only).
+    ``bwd_output``: a few programs per SM (``persistent_programs``), each looping over tiles of
+    ``SAMPLES`` samples (its LayerNorm gradients go to per-program partial slots).
+    ``bwd_parameters``: the weight and bias gradients from ``x`` and ``G`` (``_parameters_config``
+    with ``rows = batch * fields``, ``columns = projection_width``).
+    The backward kernels run without pipelining (their loops re-read weights); every launch has
+    ``register_cap``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "bwd_parameters":
+        return _parameters_config(batch * fields, dim, projection_width(head_dim, options), dtype, target)
     pads = padded_sizes(fields, dim, options.num_heads, head_dim)
-    samples, num_warps = _samples_and_warps(batch, pads, dtype, target, backward)
+    samples, num_warps = _samples_and_warps(batch, pads, dtype, target, kernel)
     num_tiles = triton.cdiv(batch, samples)
-    meta = dict(
-        SAMPLES=samples, **pads, HAS_BQKV="b_qkv" in present, QKV_RELU=options.qkv_relu,
-        RESIDUAL=_RESIDUAL_CODES[options.residual], HAS_BRES="b_res" in present,
-        RES_RELU=options.res_relu, OUT_RELU=options.out_relu,
-        LAYER_NORM=_LAYER_NORM_CODES[options.layer_norm], HAS_LNW="ln_weight" in present,
-        HAS_LNB="ln_bias" in present, PRECISION=dot_precision(dtype))
-    if backward:   # one pipeline stage: the tile loop re-reads loop-invariant weights
-        return LaunchConfig(_field_attention_bwd_kernel,
+    meta = dict(SAMPLES=samples, **pads, HAS_BQKV="b_qkv" in present, QKV_RELU=options.qkv_relu,
+                RESIDUAL=_RESIDUAL_CODES[options.residual], PRECISION=dot_precision(dtype))
+    options_ = dict(num_warps=num_warps, maxnreg=register_cap(num_warps))
+    if kernel == "bwd_attention":
+        del meta["H_PAD"], meta["DH_COLS"]
+        return LaunchConfig(_field_attention_bwd_attention_kernel, (num_tiles,), {**meta, "HAS_GA": grad_a},
+                            num_stages=1, **options_)
+    meta.update(HAS_BRES="b_res" in present, RES_RELU=options.res_relu, OUT_RELU=options.out_relu,
+                LAYER_NORM=_LAYER_NORM_CODES[options.layer_norm], HAS_LNW="ln_weight" in present,
+                HAS_LNB="ln_bias" in present)
+    if kernel == "bwd_output":
+        return LaunchConfig(_field_attention_bwd_output_kernel,
                             (persistent_programs(num_tiles, target, _BACKWARD_PROGRAMS_PER_SM),),
-                            {**meta, "HAS_GY": grad_y, "HAS_GA": grad_a}, num_warps, num_stages=1,
-                            maxnreg=register_cap(num_warps))
+                            {**meta, "HAS_GY": grad_y}, num_stages=1, **options_)
     return LaunchConfig(_field_attention_fwd_kernel, (num_tiles,), {**meta, "STORE_A": return_attention},
-                        num_warps, maxnreg=register_cap(num_warps))
+                        **options_)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,34 +567,44 @@ def backward(grad_y: torch.Tensor | None, grad_a: torch.Tensor | None, x: torch.
              params: Sequence[torch.Tensor | None], options: FieldAttentionOptions
              ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
     """``dx`` and the parameters' gradients (``PARAMETERS`` order, ``None`` for absent ones) given
-    ``grad_y [B, M, H*dh]`` and ``grad_a [B, H, M, M]`` (either may be ``None``: zero)."""
+    ``grad_y [B, M, H*dh]`` and ``grad_a [B, H, M, M]`` (either may be ``None``: zero).
+
+    Three launches: ``bwd_output`` (``dZ [B, M, H*dh]``, the LayerNorm affine's gradients and
+    ``G``'s residual columns), ``bwd_attention`` (``dx`` and ``G``'s Q/K/V columns), then
+    ``bwd_parameters`` (``[dW_qkv | dW_res] = X^T G``, ``[db_qkv | db_res] = colsum(G)``), with
+    ``G [B*M, projection_width]`` the pre-activation gradients; ``dZ`` and ``G`` in ``x``'s dtype."""
     x, *params = contiguous(x, *params)
     grad_y, grad_a = contiguous(grad_y, grad_a)
     (B, M, d), width = x.shape, params[0].shape[1] // 3
     dh = width // options.num_heads
     if B == 0 or (grad_y is None and grad_a is None):
         return torch.zeros_like(x), tuple(None if p is None else torch.zeros_like(p) for p in params)
-    cfg = launch_config(B, M, d, dh, x.dtype, options, target_of(x.device), present=_present(params),
-                        backward=True, grad_y=grad_y is not None, grad_a=grad_a is not None)
-    h_pad, dh_pad = cfg.meta["H_PAD"], cfg.meta["DH_PAD"]
-    d_pad, hd_pad, programs = cfg.meta["D_PAD"], h_pad * dh_pad, cfg.grid[0]
-    slot_shapes = {"w_qkv": (3, d_pad, hd_pad), "b_qkv": (3, hd_pad), "w_res": (d_pad, hd_pad),
-                   "b_res": (hd_pad,), "ln_weight": (hd_pad,), "ln_bias": (hd_pad,)}
-    slots = [None if p is None else partial_slots(programs, *slot_shapes[name], device=x.device)
-             for name, p in zip(PARAMETERS, params)]
-    dx = torch.empty_like(x)
-    cfg.launch(x, *or_dummy(*params, grad_y, grad_a, dummy=x), dx, *or_dummy(*slots, dummy=x),
+    target, present = target_of(x.device), _present(params)
+    dz = torch.empty(B, M, width, dtype=x.dtype, device=x.device)
+    g = torch.empty(B * M, projection_width(dh, options), dtype=x.dtype, device=x.device)
+    cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_output", present=present,
+                        grad_y=grad_y is not None)
+    h_pad, dh_cols, programs = cfg.meta["H_PAD"], cfg.meta["DH_COLS"], cfg.grid[0]
+    ln_slots = [None if p is None else partial_slots(programs, h_pad * dh_cols, device=x.device)
+                for p in params[4:]]
+    cfg.launch(x, *or_dummy(*params, grad_y, dummy=x), dz, g, *or_dummy(*ln_slots, dummy=x),
                B, M, d, options.num_heads, dh, options.score_scale(dh), options.ln_eps,
                triton.cdiv(B, cfg.meta["SAMPLES"]))
 
-    def unpad(slot, like, name):
-        """Summed slots without padded heads / head columns (and weight rows) -> ``like``'s layout."""
-        g = reduce_partials(slot).unflatten(-1, (h_pad, dh_pad))[..., :options.num_heads, :dh].flatten(-2)
-        if name in ("w_qkv", "w_res"):
-            g = g[..., :d, :]
-        if name == "w_qkv":                                   # [3, d, HD] -> [d, 3*HD]
-            g = g.permute(1, 0, 2)
-        return g.reshape(like.shape).to(like.dtype).contiguous()
+    dx = torch.empty_like(x)
+    cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_attention", present=present,
+                        grad_a=grad_a is not None)
+    cfg.launch(x, *or_dummy(*params[:3], dummy=x), dz, *or_dummy(grad_a, dummy=x), dx, g,
+               B, M, d, options.num_heads, dh, options.score_scale(dh))
 
-    return dx, tuple(None if p is None else unpad(slot, p, name)
-                     for name, slot, p in zip(PARAMETERS, slots, params))
+    cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_parameters", present=present)
+    chunks, blocks = cfg.grid
+    n_pad = blocks * cfg.meta["BLOCK_N"]
+    dw = partial_slots(chunks, cfg.meta["D_PAD"], n_pad, device=x.device)
+    db = partial_slots(chunks, n_pad, device=x.device)
+    cfg.launch(x, g, dw, db, B * M, d, g.shape[1])
+    dw, db = reduce_partials(dw)[:d], reduce_partials(db)
+    ln = [None if slot is None else reduce_partials(slot).unflatten(-1, (h_pad, dh_cols))
+          [:options.num_heads, :dh].flatten() for slot in ln_slots]
+    grads = (dw[:, :3 * width], db[:3 * width], dw[:, 3 * width:4 * width], db[3 * width:4 * width], *ln)
+    return dx, tuple(None if p is None else torch.empty_like(p).copy_(grad) for p, grad in zip(params, grads))

@@ -199,15 +199,23 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert fwd.meta["HAS_BQKV"] and fwd.meta["HAS_LNW"] and not fwd.meta["HAS_LNB"] and fwd.meta["STORE_A"]
     assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
     assert fwd.maxnreg == min(255, 65536 // (32 * fwd.num_warps))
-    bwd = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present,
-                                backward=True, grad_a=True)
-    assert bwd.kernel is kernels._field_attention_bwd_kernel and bwd.num_stages == 1
-    assert bwd.meta["PRECISION"] == "tf32x3"                     # fp32 with TF32 off: 3xTF32
     fp32 = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present)
     assert fp32.meta["SAMPLES"] == max(1, samples // 2)         # fp32 forward: half the rows
-    assert bwd.meta["SAMPLES"] == max(1, samples // 2) and bwd.meta["HAS_GY"] and bwd.meta["HAS_GA"]
-    assert bwd.grid == (min(4 * 132, math.ceil(65536 / bwd.meta["SAMPLES"])),)
-    assert "_field_attention_bwd_kernel" in bwd.describe()
+    # backward: three kernels, 32 rows per program (at least one sample)
+    out, att, par = (kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel=k,
+                                           present=present, grad_a=True)
+                     for k in ("bwd_output", "bwd_attention", "bwd_parameters"))
+    assert out.kernel is kernels._field_attention_bwd_output_kernel and att.kernel is \
+        kernels._field_attention_bwd_attention_kernel and par.kernel is kernels._field_attention_bwd_parameters_kernel
+    assert out.num_stages == att.num_stages == 1 and out.meta["HAS_GY"] and att.meta["HAS_GA"]
+    assert out.meta["PRECISION"] == att.meta["PRECISION"] == par.meta["PRECISION"] == "tf32x3"  # 3xTF32
+    assert out.meta["SAMPLES"] == att.meta["SAMPLES"] == max(1, 32 // m_pad)
+    assert out.grid == (min(4 * 132, math.ceil(65536 / out.meta["SAMPLES"])),)      # persistent
+    assert att.grid == (math.ceil(65536 / att.meta["SAMPLES"]),)
+    assert par.grid[1] == 4 and par.grid[0] * par.grid[1] >= 4 * 132    # G: [dP_q|dP_k|dP_v|dR_p], 4*2*32 columns
+    assert "_field_attention_bwd_output_kernel" in out.describe()
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel="bwd")
     # interpreter: a handful of big programs
     interp = kernels.launch_config(37, fields, 16, 32, torch.float32, options, Target(interpreter=True))
     assert interp.meta["SAMPLES"] == 8 and interp.grid == (5,)
