@@ -15,40 +15,46 @@ field), fields padded to ``M_PAD = max(16, next_pow2(M))``; every load and store
 Columns are ``d`` (``D_PAD``), one head (``DH_PAD = max(16, next_pow2(dh))``: ``tl.dot`` operands)
 or all heads side by side (``H_PAD`` heads of ``DH_COLS`` columns, ``DH_COLS = next_pow2(dh)``
 without the floor of 16: column ``h*DH_COLS + j`` holds global column ``h*dh + j``). Every tile
-op is a 2-D ``tl.dot`` over all rows of the tile, one head at a time (only one head's ``q, k, v``
-and ``a`` are live): the projections, ``Q_h K_h^T`` as a block-diagonal ``[rows, rows]`` score
-tile (keys of other samples masked to ``-inf``) and ``A_h V_h``; LayerNorm reduces over columns.
+op is a 2-D ``tl.dot``, one head at a time: the projections over all rows of the tile, and the
+attention over blocks of ``KEYS`` key rows (flash-attention style): a first pass over the key
+blocks gives each query's softmax normaliser ``lse = log sum_keys exp(scale q k^T)``, a second
+``O_h = sum_blocks exp(scale Q_h K_hj^T - lse) V_hj``. The score tile of a block is
+``[rows, KEYS]``, block-diagonal (keys of other samples masked); only one head's queries and one
+key block's keys, values and probabilities are live. LayerNorm reduces over columns.
 
 Dot operands are in the input dtype (fp16/bf16 on tensor cores; fp32 as ``tf32x3`` or ``tf32``
 following ``torch.backends.cuda.matmul.allow_tf32``, see ``dot_precision``); accumulation,
 softmax and LayerNorm are fp32. Padded rows/columns are never stored and carry zero gradient.
 
-Backward: three kernels (nothing of size ``B x H x M x M`` is saved; the forward is recomputed
-from ``x`` and the weights), so that no program holds the output-side tiles, one head's
-attention tiles and the weight gradients at once (register pressure, static GPU audit):
+Backward: four kernels (nothing of size ``B x H x M x M`` is saved; the forward is recomputed
+from ``x`` and the weights), so that no program holds the output-side tiles, the attention
+tiles and the weight gradients at once (register pressure, static GPU audit):
 
-1. ``bwd_output``: recomputes ``Z`` (``_tile``) and back-propagates ``grad_y`` through the
-   output activation and LayerNorm: stores ``dZ`` and ``dR_p = dZ * [R_p > 0 if res_relu]``,
-   adds ``dgamma = colsum(gy * N)``, ``dbeta = colsum(gy)`` into per-program partial slots.
-2. ``bwd_attention``: per head, recomputes ``Q_h, K_h, V_h, A_h``, and with ``dO_h = dZ_h``:
+1. ``bwd_output``: recomputes ``Z`` (``_tile``, storing each head's ``lse [B*M, H]``) and
+   back-propagates ``grad_y`` through the output activation and LayerNorm: stores ``dZ``,
+   ``delta_h = rowsum(dZ_h * O_h)`` ``[B*M, H]`` and ``dR_p = dZ * [R_p > 0 if res_relu]``, adds
+   ``dgamma = colsum(gy * N)``, ``dbeta = colsum(gy)`` into per-program partial slots.
+2. ``bwd_attention``: per head and key block ``j``, recomputes ``Q_h, K_hj, V_hj`` and
+   ``A_hj = exp(scale Q_h K_hj^T - lse_h)``; with ``dO_h = dZ_h``:
 
-       dV_h = A_h^T dO_h;  dA_h = dO_h V_h^T (+ upstream grad of A)
-       dS_h = scale * A_h * (dA_h - rowsum(A_h * dA_h));  dQ_h = dS_h K_h;  dK_h = dS_h^T Q_h
+       dV_hj = A_hj^T dO_h;  dA_hj = dO_h V_hj^T (+ upstream grad of A)
+       dS_hj = scale * A_hj * (dA_hj - delta_h);  dK_hj = dS_hj^T Q_h;  dQ_h += dS_hj K_hj
        dP_* = dQ/dK/dV * [P_* > 0 if qkv_relu]
-       dX = sum_h (dP_q W_q^T + dP_k W_k^T + dP_v W_v^T)_h + (dR_p W_res^T | dZ | 0)
 
-   and stores ``dX`` and ``G = [dP_q | dP_k | dP_v | dR_p]`` (the pre-activation gradients of
-   ``[X W_qkv | X W_res]``, ``dR_p`` with ``residual="project"`` only).
-3. ``bwd_parameters``: ``[dW_qkv | dW_res] = X^T G`` and ``[db_qkv | db_res] = colsum(G)``: a
+   (``delta_h = rowsum(A_h * dA_h)``: with an upstream grad of A one more pass over the key
+   blocks adds ``rowsum(A_h * grad_a_h)``) and stores ``G = [dP_q | dP_k | dP_v | dR_p]``, the
+   pre-activation gradients of ``[X W_qkv | X W_res]`` (``dR_p`` with ``residual="project"`` only).
+3. ``bwd_input``: ``dX = G [W_qkv | W_res]^T`` (+ ``dZ`` with the identity residual), a tiled GEMM.
+4. ``bwd_parameters``: ``[dW_qkv | dW_res] = X^T G`` and ``[db_qkv | db_res] = colsum(G)``: a
    plain tiled reduction over the ``B*M`` rows into per-chunk fp32 partial slots.
 
 Partial slots (``kernels._common.partial_slots``) are summed afterwards: deterministic, no
 atomics. ``dZ [B*M, HD]`` and ``G [B*M, 3*HD or 4*HD]`` are in ``x``'s dtype (the dots that read
-them round their operands to it anyway): ``(4 or 5) * M * HD`` extra elements per sample in memory;
-in HBM traffic ``dZ`` is written and read once, ``G`` written once and read once (its ``dR_p``
-columns twice), ``x`` read twice more: e.g. 65 KB more per sample at M = 39, d = HD = 64, fp16
-(the fused backward moved ``x``, ``grad_y`` and ``dx``: 15 KB), and 1.6 GB of buffers at
-B = 65,536.
+them round their operands to it anyway), ``lse`` and ``delta`` fp32: ``(4 or 5) * M * HD``
+elements plus ``2 * M * H`` floats per sample in memory; in HBM traffic ``dZ`` is written and read
+once, ``G`` written once and read twice (its ``dR_p`` columns three times), ``x`` read three times
+more: e.g. ~85 KB more per sample at M = 39, d = HD = 64, fp16 (the fused backward moved ``x``,
+``grad_y`` and ``dx``: 15 KB), and 1.6 GB of buffers at B = 65,536.
 """
 from __future__ import annotations
 
@@ -58,8 +64,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastint.kernels._common import (LaunchConfig, Target, accumulate_slot, contiguous, dot_precision,
-                                     interpreter_samples, masked_softmax, mm, next_pow2, or_dummy,
+from fastint.kernels._common import (INTERPRETER_PROGRAMS, LaunchConfig, Target, accumulate_slot, contiguous,
+                                     dot_precision, interpreter_samples, mm, next_pow2, or_dummy,
                                      partial_slots, persistent_programs, reduce_partials, register_cap,
                                      target_of)
 from fastint.options import FieldAttentionOptions
@@ -138,96 +144,138 @@ def _head_project(x2, w_ptr, b_ptr, column0, offs_d, d, dh, width, DH_PAD: tl.co
 
 
 @triton.jit
-def _same_sample_keys(M, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
-    """``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` mask of the keys a query row attends to: the real fields
-    of its own sample (the tile's attention is block-diagonal, one ``M_PAD`` block per sample)."""
-    rows = tl.arange(0, SAMPLES * M_PAD)
-    return ((rows[:, None] // M_PAD) == (rows[None, :] // M_PAD)) & ((rows[None, :] % M_PAD) < M)
-
-
-@triton.jit
-def _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES: tl.constexpr,
-                    M_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
-                    PRECISION: tl.constexpr):
-    """Head ``h`` of the tile: ``q, k, v`` rows ``[SAMPLES*M_PAD, DH_PAD]`` and the attention ``a``
-    ``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` (fp32), zero outside the diagonal blocks: 2-D dots over all
-    rows of the tile (tensor-core friendly layouts) instead of ``SAMPLES`` batched small ones."""
-    q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
-                      PRECISION)
-    k = _head_project(x2, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
-                      QKV_RELU, PRECISION)
-    v = _head_project(x2, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
-                      QKV_RELU, PRECISION)
-    scores = scale * mm(q, tl.trans(k), x2.dtype, PRECISION)
-    return q, k, v, masked_softmax(scores, _same_sample_keys(M, SAMPLES, M_PAD), 1)
-
-
-@triton.jit
-def _attention_offsets(sample0, h, B, M, H, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
-    """Offsets in ``A [B, H, M, M]`` of head ``h``'s tile ``[SAMPLES*M_PAD, SAMPLES*M_PAD]`` and the
-    mask of its stored entries (real queries and keys of the same sample)."""
-    rows = tl.arange(0, SAMPLES * M_PAD)
+def _rows(sample0, first, B, M, ROWS: tl.constexpr, M_PAD: tl.constexpr):
+    """Tile rows ``first .. first + ROWS - 1`` (tile row ``r`` is field ``r % M_PAD`` of sample
+    ``sample0 + r // M_PAD``): their global rows ``b*M + m`` in ``[B*M, ...]`` tensors, the mask of
+    the real ones, and the tile rows themselves."""
+    rows = first + tl.arange(0, ROWS)
     samples, fields = sample0 + (rows // M_PAD).to(tl.int64), rows % M_PAD
-    offs = ((samples * H + h)[:, None] * M + fields[:, None]) * M + fields[None, :]
-    mask = _same_sample_keys(M, SAMPLES, M_PAD) & ((samples < B) & (fields < M))[:, None]
+    return samples * M + fields, (samples < B) & (fields < M), rows
+
+
+@triton.jit
+def _load_rows(ptr, grow, row_mask, offs_d, d):
+    """Rows ``grow`` of a ``[B*M, d]`` tensor as ``[len(grow), D_PAD]`` (storage dtype, zeros where padded)."""
+    return tl.load(ptr + grow[:, None] * d + offs_d[None, :], mask=row_mask[:, None] & (offs_d[None, :] < d),
+                   other=0.0)
+
+
+@triton.jit
+def _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD: tl.constexpr):
+    """Offsets in ``A [B, H, M, M]`` of head ``h``'s block (query tile rows ``qrows``, key tile rows
+    ``krows``) and the mask of its real entries: a real query and a real key of the same sample (the
+    tile's attention is block-diagonal, one ``M_PAD`` block per sample; zero elsewhere)."""
+    samples, fields = sample0 + (qrows // M_PAD).to(tl.int64), qrows % M_PAD
+    key_fields = krows % M_PAD
+    offs = ((samples * H + h)[:, None] * M + fields[:, None]) * M + key_fields[None, :]
+    mask = (((qrows[:, None] // M_PAD) == (krows[None, :] // M_PAD)) & (key_fields[None, :] < M)
+            & ((samples < B) & (fields < M))[:, None])
     return offs, mask
 
 
 @triton.jit
-def _head_project_backward(grad, out, w_ptr, g_ptr, grow, row_mask, column0, offs_d, d, dh, w_stride,
-                           g_stride, DH_PAD: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward of ``_head_project`` (columns ``column0 .. column0 + dh - 1`` of ``W``) given
-    ``grad`` rows ``[SAMPLES*M_PAD, DH_PAD]`` w.r.t. its output ``out``: stores the pre-activation
-    gradient ``dP`` into the same columns of ``G`` (storage dtype) and returns ``dP W^T`` rows
-    ``[SAMPLES*M_PAD, D_PAD]`` (fp32)."""
+def _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS: tl.constexpr, M_PAD: tl.constexpr):
+    """Key block ``key0 .. key0 + KEYS - 1`` of the tile: its ``x`` rows ``[KEYS, D_PAD]`` (storage
+    dtype) and its ``_rows``."""
+    grow, row_mask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
+    return _load_rows(x_ptr, grow, row_mask, offs_d, d), grow, row_mask, krows
+
+
+@triton.jit
+def _probabilities(q, k, lse, scale, mask, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """Attention probabilities ``exp(scale q k^T - lse)`` of a key block, 0 outside ``mask``."""
+    return tl.where(mask, tl.exp(scale * mm(q, tl.trans(k), DTYPE, PRECISION) - lse[:, None]), 0.0)
+
+
+@triton.jit
+def _key_block_attention(x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d,
+                         d, dh, width, KEYS: tl.constexpr, M_PAD: tl.constexpr, DH_PAD: tl.constexpr,
+                         HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """Head ``h`` on key block ``key0 ..``: its keys and values ``[KEYS, DH_PAD]`` (fp32), the
+    probabilities ``a [rows, KEYS]`` given ``lse``, their offsets in ``A`` and mask
+    (``_attention_block``), and the block's global rows and their mask."""
+    xk, kgrow, kmask, krows = _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS, M_PAD)
+    k = _head_project(xk, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
+                      PRECISION)
+    v = _head_project(xk, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
+                      QKV_RELU, PRECISION)
+    offs, mask = _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD)
+    return k, v, _probabilities(q, k, lse, scale, mask, x_ptr.dtype.element_ty, PRECISION), offs, mask, kgrow, kmask
+
+
+@triton.jit
+def _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, offs_d, d, dh, width, n_keys,
+              KEYS: tl.constexpr, M_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr,
+              QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """Head ``h``'s softmax normaliser ``lse = log sum_keys exp(scale q k^T)`` per query row
+    (fp32), over key blocks of ``KEYS`` rows (online maximum)."""
+    row_max = tl.full(qrows.shape, -1.0e30, tl.float32)
+    total = tl.zeros(qrows.shape, tl.float32)
+    for key0 in range(0, n_keys, KEYS):
+        xk, _, _, krows = _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS, M_PAD)
+        k = _head_project(xk, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
+                          QKV_RELU, PRECISION)
+        _, mask = _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD)
+        scores = tl.where(mask, scale * mm(q, tl.trans(k), x_ptr.dtype.element_ty, PRECISION), float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        total = total * tl.exp(row_max - new_max) + tl.sum(tl.exp(scores - new_max[:, None]), axis=1)
+        row_max = new_max
+    return row_max + tl.log(tl.maximum(total, 1.0e-30))    # no keys (rows past the batch): finite
+
+
+@triton.jit
+def _store_head_grad(g_ptr, grad, out, grow, row_mask, column0, dh, g_stride, DH_PAD: tl.constexpr,
+                     RELU: tl.constexpr):
+    """Store the pre-activation gradient of ``out = act(P)`` given ``grad`` w.r.t. ``out``, rows
+    ``grow`` of ``G``, columns ``column0 .. column0 + dh - 1`` (storage dtype)."""
     offs_j = tl.arange(0, DH_PAD)
-    dp = _grad_relu_if(grad, out, RELU)
-    tl.store(g_ptr + grow[:, None] * g_stride + column0 + offs_j[None, :], dp.to(g_ptr.dtype.element_ty),
+    tl.store(g_ptr + grow[:, None] * g_stride + column0 + offs_j[None, :],
+             _grad_relu_if(grad, out, RELU).to(g_ptr.dtype.element_ty),
              mask=row_mask[:, None] & (offs_j[None, :] < dh))
-    w = _load_weight(w_ptr, offs_d, d, column0 + offs_j, offs_j < dh, w_stride, 0)
-    return mm(dp, tl.trans(w), g_ptr.dtype.element_ty, PRECISION)
 
 
 @triton.jit
-def _row_offsets(sample0, B, M, SAMPLES: tl.constexpr, M_PAD: tl.constexpr):
-    """Global row ``b*M + m`` of each tile row and its mask."""
-    rows = tl.arange(0, SAMPLES * M_PAD)
-    samples, fields = sample0 + (rows // M_PAD).to(tl.int64), rows % M_PAD
-    return samples * M + fields, (samples < B) & (fields < M)
-
-
-@triton.jit
-def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, sample0,
+def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, lse_ptr, sample0,
           B, M, d, H, dh, scale, eps,
-          SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-          DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
-          RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
+          SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+          H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
+          QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
           OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
-          HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, PRECISION: tl.constexpr):
-    """Forward of samples ``sample0 .. sample0+SAMPLES-1``, one head at a time (only one head's
-    ``q, k, v, a`` are live); stores each head's attention into ``A`` with ``STORE_A``.
+          HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, STORE_LSE: tl.constexpr, PRECISION: tl.constexpr):
+    """Forward of samples ``sample0 .. sample0+SAMPLES-1``, one head at a time, each head's
+    attention over key blocks of ``KEYS`` rows (``_head_lse``, then ``O_h = sum_blocks A_h V_h``):
+    only one head's queries and one key block's keys, values and probabilities are live. Stores
+    each head's attention into ``A`` with ``STORE_A``, its ``lse`` into ``lse [B*M, H]`` with ``STORE_LSE``.
 
     Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype) and, rows
     ``[SAMPLES*M_PAD, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm;
     dummies without) and ``y``: every intermediate the backward needs.
     """
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
+    grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     width = H * dh
+    n_keys = (SAMPLES - 1) * M_PAD + M                        # the last real key row + 1
 
-    x2 = tl.load(x_ptr + grow[:, None] * d + offs_d[None, :],
-                 mask=row_mask[:, None] & (offs_d[None, :] < d), other=0.0)
+    x2 = _load_rows(x_ptr, grow, row_mask, offs_d, d)
     head_of = tl.arange(0, H_PAD)[None, :, None]
     z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_COLS], tl.float32)
     for h in range(H):
-        q_h, k_h, v_h, a_h = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width,
-                                             SAMPLES, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        if STORE_A:
-            offs, mask = _attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
-            tl.store(a_ptr + offs, a_h.to(a_ptr.dtype.element_ty), mask=mask)
-        o = mm(a_h, v_h, DTYPE, PRECISION)                  # [rows, DH_PAD], zero beyond dh
+        q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
+                          PRECISION)
+        lse = _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, offs_d, d, dh, width,
+                        n_keys, KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        if STORE_LSE:
+            tl.store(lse_ptr + grow * H + h, lse, mask=row_mask)
+        o = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
+        for key0 in range(0, n_keys, KEYS):
+            _, v, a, offs, mask, _, _ = _key_block_attention(
+                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh, width,
+                KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            if STORE_A:
+                tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=mask)
+            o += mm(a, v, DTYPE, PRECISION)                   # [rows, DH_PAD], zero beyond dh
         if DH_COLS < DH_PAD:                                  # its first DH_COLS columns
             o = tl.sum(tl.reshape(o, [SAMPLES * M_PAD, DH_PAD // DH_COLS, DH_COLS]), axis=1)
         z3 += tl.where(head_of == h, o[:, None, :], 0.0)
@@ -262,20 +310,20 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
 def _field_attention_fwd_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, y_ptr, a_ptr,
         B, M, d, H, dh, scale, eps,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-        DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
-        HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr,
-        LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
+        QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
+        OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
         STORE_A: tl.constexpr, PRECISION: tl.constexpr):
     """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, all heads. Loads their ``x``
     rows ``[SAMPLES*M_PAD, D_PAD]``, runs the whole layer on chip (``_tile``) and stores ``Y``
     rows ``[SAMPLES*M_PAD, H*dh]`` and, with ``STORE_A``, ``A [SAMPLES, H, M, M]``."""
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
     x2, r, z, n, rstd, y = _tile(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, sample0, B, M, d, H, dh,
-        scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
-        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, PRECISION)
-    grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, y_ptr, sample0, B, M, d, H, dh,
+        scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
+        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, False, PRECISION)
+    grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     tl.store(y_ptr + grow[:, None] * (H * dh) + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :])
@@ -284,18 +332,20 @@ def _field_attention_fwd_kernel(
 @triton.jit
 def _field_attention_bwd_output_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr,
-        dz_ptr, g_ptr, dlnw_ptr, dlnb_ptr,
+        dz_ptr, g_ptr, lse_ptr, delta_ptr, dlnw_ptr, dlnb_ptr,
         B, M, d, H, dh, scale, eps, num_tiles,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, H_PAD: tl.constexpr,
-        DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
-        HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr,
-        LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
+        QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
+        OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
         HAS_GY: tl.constexpr, PRECISION: tl.constexpr):
     """One program: tiles ``pid, pid + programs, ...`` of ``SAMPLES`` samples each. Per tile it
-    recomputes the forward (``_tile``), back-propagates ``grad_y`` through the output activation
-    and LayerNorm and stores ``dZ`` rows ``[SAMPLES*M_PAD, H*dh]`` (storage dtype), with
-    ``RESIDUAL == 2`` also the residual's pre-activation gradient ``dR_p`` into its columns of
-    ``G``; adds the LayerNorm affine's gradients into its own partial slots ``[HD_PAD]``."""
+    recomputes the forward (``_tile``, storing each head's ``lse``), back-propagates ``grad_y``
+    through the output activation and LayerNorm and stores ``dZ`` rows ``[SAMPLES*M_PAD, H*dh]``
+    (storage dtype), per head ``delta_h = rowsum(dO_h * O_h)`` into ``delta [B*M, H]`` (fp32, with
+    ``dO = dZ`` as stored), with ``RESIDUAL == 2`` also the residual's pre-activation gradient
+    ``dR_p`` into its columns of ``G``; adds the LayerNorm affine's gradients into its own partial
+    slots ``[HD_PAD]``."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     HD_PAD: tl.constexpr = H_PAD * DH_COLS
     pid = tl.program_id(0)
@@ -303,13 +353,14 @@ def _field_attention_bwd_output_kernel(
     width = H * dh
     dv_slot = pid.to(tl.int64) * HD_PAD + tl.arange(0, HD_PAD)
     gamma = _load_vector(lnw_ptr, cols, col_mask, 0, HAS_LNW, 1.0)
+    heads = tl.arange(0, H_PAD)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         sample0 = tile * SAMPLES
         x2, r, z, n, rstd, y = _tile(
-            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, sample0, B, M, d, H,
-            dh, scale, eps, SAMPLES, M_PAD, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL,
-            HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, PRECISION)
-        grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
+            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, lse_ptr, sample0, B, M, d,
+            H, dh, scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU,
+            RESIDUAL, HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, True, PRECISION)
+        grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
         out_mask = row_mask[:, None] & col_mask[None, :]
         if HAS_GY:
             gy = tl.load(gy_ptr + grow[:, None] * width + cols[None, :], mask=out_mask, other=0.0
@@ -332,10 +383,14 @@ def _field_attention_bwd_output_kernel(
                 accumulate_slot(dlnw_ptr + dv_slot, dgamma)
             if HAS_LNB:
                 accumulate_slot(dlnb_ptr + dv_slot, dbeta)
-        tl.store(dz_ptr + grow[:, None] * width + cols[None, :], dz.to(DTYPE), mask=out_mask)
+        dz = dz.to(DTYPE)
+        tl.store(dz_ptr + grow[:, None] * width + cols[None, :], dz, mask=out_mask)
+        delta = tl.sum(tl.reshape(dz.to(tl.float32) * (z - r), [SAMPLES * M_PAD, H_PAD, DH_COLS]), axis=2)
+        tl.store(delta_ptr + grow[:, None] * H + heads[None, :], delta,
+                 mask=row_mask[:, None] & (heads[None, :] < H))
         if RESIDUAL == 2:
             tl.store(g_ptr + grow[:, None] * (4 * width) + 3 * width + cols[None, :],
-                     _grad_relu_if(dz, r, RES_RELU).to(DTYPE), mask=out_mask)
+                     _grad_relu_if(dz.to(tl.float32), r, RES_RELU).to(DTYPE), mask=out_mask)
 
 
 @triton.jit
@@ -349,52 +404,81 @@ def _head_rows(ptr, grow, row_mask, row_stride, column0, dh, DH_PAD: tl.constexp
 
 @triton.jit
 def _field_attention_bwd_attention_kernel(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, dz_ptr, ga_ptr, dx_ptr, g_ptr,
+        x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, ga_ptr, g_ptr,
         B, M, d, H, dh, scale,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, DH_PAD: tl.constexpr,
-        HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
         HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
-    """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, one head at a time (only one
-    head's tiles are live). Given ``dZ`` (``_field_attention_bwd_output_kernel``) it recomputes the
-    head's ``q, k, v, a``, back-propagates ``dO_h = dZ_h`` (and ``grad_a``) through the attention,
-    stores ``dP_q, dP_k, dP_v`` into their columns of ``G`` and accumulates
-    ``dx = sum_h (dP_q W_q^T + dP_k W_k^T + dP_v W_v^T)_h + (dR_p W_res^T | dZ | 0)``, stored as
-    rows ``[SAMPLES*M_PAD, d]``."""
+    """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, one head at a time, keys in
+    blocks of ``KEYS`` rows (only one head's queries and one key block are live). Given ``dZ``,
+    ``lse`` and ``delta`` (``_field_attention_bwd_output_kernel``; with ``grad_a`` a first pass over
+    the key blocks adds ``rowsum(A_h * grad_a_h)`` to ``delta_h``), per head and key block ``j``:
+
+        A_hj = exp(scale Q_h K_hj^T - lse_h);  dV_hj = A_hj^T dO_h;  dA_hj = dO_h V_hj^T (+ grad_a)
+        dS_hj = scale * A_hj * (dA_hj - delta_h);  (delta_h = rowsum(A_h * dA_h))  dK_hj = dS_hj^T Q_h;  dQ_h += dS_hj K_hj
+
+    and stores ``dP_v, dP_k`` (per key block) and ``dP_q`` (per head) into their columns of ``G``
+    (``dP = dQ/dK/dV * [P > 0 if qkv_relu]``). ``dx`` follows from ``G`` (``bwd_input``)."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    grow, row_mask = _row_offsets(sample0, B, M, SAMPLES, M_PAD)
+    grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
     offs_d = tl.arange(0, D_PAD)
-    x_mask = row_mask[:, None] & (offs_d[None, :] < d)
     width = H * dh
     g_stride = (4 if RESIDUAL == 2 else 3) * width
-    x2 = tl.load(x_ptr + grow[:, None] * d + offs_d[None, :], mask=x_mask, other=0.0)
-    if RESIDUAL == 1:                                         # R = X (d == H*dh): dX = dZ
-        dx = tl.load(dz_ptr + grow[:, None] * width + offs_d[None, :], mask=x_mask, other=0.0).to(tl.float32)
-    else:
-        dx = tl.zeros([SAMPLES * M_PAD, D_PAD], tl.float32)
+    n_keys = (SAMPLES - 1) * M_PAD + M
+    x2 = _load_rows(x_ptr, grow, row_mask, offs_d, d)
     for h in range(H):
-        q, k, v, a = _head_attention(x2, wqkv_ptr, bqkv_ptr, h, scale, M, offs_d, d, dh, width, SAMPLES,
-                                     M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-        if RESIDUAL == 2:
-            dr = _head_rows(g_ptr, grow, row_mask, g_stride, 3 * width + h * dh, dh, DH_PAD)
-            offs_j = tl.arange(0, DH_PAD)
-            w = _load_weight(wres_ptr, offs_d, d, h * dh + offs_j, offs_j < dh, width, 0)
-            dx += mm(dr, tl.trans(w), DTYPE, PRECISION)
+        q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
+                          PRECISION)
         do = _head_rows(dz_ptr, grow, row_mask, width, h * dh, dh, DH_PAD)
-        dv = mm(tl.trans(a), do, DTYPE, PRECISION)
-        dx += _head_project_backward(dv, v, wqkv_ptr, g_ptr, grow, row_mask, 2 * width + h * dh, offs_d,
-                                     d, dh, 3 * width, g_stride, DH_PAD, QKV_RELU, PRECISION)
-        da = mm(do, tl.trans(v), DTYPE, PRECISION)
-        if HAS_GA:
-            offs, mask = _attention_offsets(sample0, h, B, M, H, SAMPLES, M_PAD)
-            da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        ds = scale * a * (da - tl.sum(a * da, axis=1)[:, None])
-        dx += _head_project_backward(mm(ds, k, DTYPE, PRECISION), q, wqkv_ptr, g_ptr, grow, row_mask,
-                                     h * dh, offs_d, d, dh, 3 * width, g_stride, DH_PAD, QKV_RELU, PRECISION)
-        dx += _head_project_backward(mm(tl.trans(ds), q, DTYPE, PRECISION), k, wqkv_ptr, g_ptr, grow,
-                                     row_mask, width + h * dh, offs_d, d, dh, 3 * width, g_stride, DH_PAD,
-                                     QKV_RELU, PRECISION)
-    tl.store(dx_ptr + grow[:, None] * d + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
+        lse = tl.load(lse_ptr + grow * H + h, mask=row_mask, other=0.0)
+        delta = tl.load(delta_ptr + grow * H + h, mask=row_mask, other=0.0)
+        if HAS_GA:                          # delta_h += rowsum(A_h * grad_a_h): one more pass over the keys
+            for key0 in range(0, n_keys, KEYS):
+                _, _, a, offs, mask, _, _ = _key_block_attention(
+                    x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh,
+                    width, KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                delta += tl.sum(a * tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32), axis=1)
+        dq = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
+        for key0 in range(0, n_keys, KEYS):
+            k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
+                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh, width,
+                KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask, 2 * width + h * dh,
+                             dh, g_stride, DH_PAD, QKV_RELU)
+            da = mm(do, tl.trans(v), DTYPE, PRECISION)
+            if HAS_GA:
+                da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            ds = scale * a * (da - delta[:, None])
+            _store_head_grad(g_ptr, mm(tl.trans(ds), q, DTYPE, PRECISION), k, kgrow, kmask, width + h * dh,
+                             dh, g_stride, DH_PAD, QKV_RELU)
+            dq += mm(ds, k, DTYPE, PRECISION)
+        _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+
+
+@triton.jit
+def _field_attention_bwd_input_kernel(
+        g_ptr, w_ptr, dz_ptr, dx_ptr, rows, d, n,
+        D_PAD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, IDENTITY: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """One program: rows ``[pid*BLOCK_ROWS, (pid+1)*BLOCK_ROWS)`` of ``dX = G W^T`` (``G [rows, n]``,
+    ``W = [W_qkv | W_res] [d, n]``), ``n`` in steps of ``BLOCK_N``, plus ``dZ`` with the identity
+    residual (``d == H*dh``); fp32 accumulation, stored in ``dx``'s dtype."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_mask = offs_r < rows
+    offs_d = tl.arange(0, D_PAD)
+    acc = tl.zeros([BLOCK_ROWS, D_PAD], tl.float32)
+    for n0 in range(0, n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        g = tl.load(g_ptr + offs_r[:, None] * n + offs_n[None, :], mask=row_mask[:, None] & (offs_n[None, :] < n),
+                    other=0.0)
+        wt = tl.load(w_ptr + offs_d[None, :] * n + offs_n[:, None], mask=(offs_d[None, :] < d) & (offs_n[:, None] < n),
+                     other=0.0)
+        acc += mm(g, wt, g.dtype, PRECISION)
+    out_mask = row_mask[:, None] & (offs_d[None, :] < d)
+    if IDENTITY:
+        acc += tl.load(dz_ptr + offs_r[:, None] * d + offs_d[None, :], mask=out_mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + offs_r[:, None] * d + offs_d[None, :], acc.to(dx_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -435,10 +519,13 @@ def _field_attention_bwd_parameters_kernel(
 _RESIDUAL_CODES = {"none": 0, "identity": 1, "project": 2}
 _LAYER_NORM_CODES = {"none": 0, "after": 1, "before": 2}
 PARAMETERS = ("w_qkv", "b_qkv", "w_res", "b_res", "ln_weight", "ln_bias")
-KERNELS = ("fwd", "bwd_output", "bwd_attention", "bwd_parameters")
+KERNELS = ("fwd", "bwd_output", "bwd_attention", "bwd_input", "bwd_parameters")
 _BACKWARD_PROGRAMS_PER_SM = 4   # persistent grid of bwd_output: each program loops over tiles
 _PARAMETER_PROGRAMS_PER_SM = 4  # (row chunks x column blocks) of bwd_parameters
 _PARAMETER_BLOCK_ROWS = 64
+_INPUT_BLOCK_ROWS = 64          # bwd_input: rows per program and G columns per step
+_INPUT_BLOCK_N = 32
+_KEY_BLOCK = 16                 # key rows per block of the attention loops on a GPU
 
 
 def padded_sizes(fields: int, dim: int, num_heads: int, head_dim: int) -> dict[str, int]:
@@ -459,25 +546,32 @@ def projection_width(head_dim: int, options: FieldAttentionOptions) -> int:
 
 def _samples_and_warps(batch: int, pads: dict[str, int], dtype: torch.dtype, target: Target,
                        kernel: str) -> tuple[int, int]:
-    """GPU, rows (``SAMPLES * M_PAD``) per program, at least one sample (sizes from the static
-    GPU audit, the fewest spills): forward 128 (fp32: 64, its 3xTF32 dots hold split operands);
-    ``bwd_output`` 32; ``bwd_attention`` 64, one warpgroup of 4 warps (a 64-row wgmma tile;
-    fp32: 32 rows). Forward: warps so that the largest fp32 tile (rows x width, or one head's
-    scores ``[rows, rows]``) is about 64 values per thread, 4..16 warps; ``bwd_output``: 8 warps
-    from 64 x 64 values on, else 4. Interpreter: a handful of large programs."""
+    """GPU, rows (``SAMPLES * M_PAD``) per program, at least one sample, and warps (sizes from the
+    static GPU audit, the fewest spills): forward 64 rows, 8 warps for half precision from 64 x 64
+    values of the widest tile on (fp32: 4, more warps spill its 3xTF32 split operands more);
+    ``bwd_output`` 32 rows, 8 warps from 64 x 64 values on, else 4; ``bwd_attention`` 64 rows,
+    one warpgroup of 4 warps (a 64-row wgmma tile; fp32: 32 rows). Interpreter: a handful of
+    large programs."""
     if target.interpreter:
         return interpreter_samples(batch), 4
     m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_COLS"])
     half = dtype != torch.float32
-    rows = {"fwd": 128 if half else 64, "bwd_output": 32, "bwd_attention": 64 if half else 32}[kernel]
+    rows = {"fwd": 64, "bwd_output": 32, "bwd_attention": 64 if half else 32}[kernel]
     samples = max(1, rows // m_pad)
-    if kernel == "bwd_attention":
-        return samples, 4
-    rows = samples * m_pad
-    largest = rows * max(width, rows)
+    wide = samples * m_pad * width >= 64 * 64
+    if kernel == "fwd":
+        return samples, 8 if half and wide else 4
     if kernel == "bwd_output":
-        return samples, 8 if largest >= 64 * 64 else 4
-    return samples, min(16, max(4, triton.next_power_of_2(largest // (64 * 32))))
+        return samples, 8 if wide else 4
+    return samples, 4
+
+
+def _key_block(rows: int, target: Target) -> int:
+    """``KEYS``, the key rows of one block of the attention loops (a power of two >= 16): 16 on a
+    GPU (fewer spills than 32 or the whole tile in the static audit); under the interpreter half
+    the tile, so that tests run the loop over blocks, blocks that span samples and partly padded
+    ones."""
+    return max(16, rows // 2) if target.interpreter else min(rows, _KEY_BLOCK)
 
 
 def _parameters_config(rows: int, dim: int, columns: int, dtype: torch.dtype, target: Target) -> LaunchConfig:
@@ -495,6 +589,18 @@ def _parameters_config(rows: int, dim: int, columns: int, dtype: torch.dtype, ta
                         num_stages=2, maxnreg=register_cap(4))
 
 
+def _input_config(rows: int, dim: int, columns: int, identity: bool, dtype: torch.dtype,
+                  target: Target) -> LaunchConfig:
+    """``dX = G W^T`` (+ ``dZ``) for ``G [rows, columns]``, ``W [dim, columns]``: one program per
+    ``BLOCK_ROWS`` rows (interpreter: a handful), ``columns`` in ``BLOCK_N`` steps."""
+    block_rows = max(16, triton.next_power_of_2(triton.cdiv(rows, INTERPRETER_PROGRAMS))) if target.interpreter \
+        else _INPUT_BLOCK_ROWS
+    meta = dict(D_PAD=next_pow2(dim), BLOCK_ROWS=block_rows, BLOCK_N=min(_INPUT_BLOCK_N, next_pow2(columns)),
+                IDENTITY=identity, PRECISION=dot_precision(dtype))
+    return LaunchConfig(_field_attention_bwd_input_kernel, (max(1, triton.cdiv(rows, block_rows)),), meta, 4,
+                        num_stages=2, maxnreg=register_cap(4))
+
+
 def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch.dtype,
                   options: FieldAttentionOptions, target: Target, *, kernel: str = "fwd",
                   present: Collection[str] = ("w_qkv",), return_attention: bool = False,
@@ -503,22 +609,29 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
     with the parameters named in ``present`` (see ``PARAMETERS``); ``grad_y``/``grad_a``: which
     upstream gradients the backward gets.
 
-    ``fwd`` and ``bwd_attention``: one program per ``SAMPLES`` samples (grid axis 0 only).
+    ``fwd`` and ``bwd_attention``: one program per ``SAMPLES`` samples (grid axis 0 only), keys in
+    blocks of ``KEYS`` rows (``_key_block``).
     ``bwd_output``: a few programs per SM (``persistent_programs``), each looping over tiles of
     ``SAMPLES`` samples (its LayerNorm gradients go to per-program partial slots).
-    ``bwd_parameters``: the weight and bias gradients from ``x`` and ``G`` (``_parameters_config``
-    with ``rows = batch * fields``, ``columns = projection_width``).
-    The backward kernels run without pipelining (their loops re-read weights); every launch has
-    ``register_cap``."""
+    ``bwd_input``: ``dx`` from ``G`` (``_input_config``); ``bwd_parameters``: the weight and bias
+    gradients from ``x`` and ``G`` (``_parameters_config``), both with ``rows = batch * fields``,
+    ``columns = projection_width``.
+    The attention backward kernels run without pipelining (their loops re-read weights); every
+    launch has ``register_cap``."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "bwd_parameters":
         return _parameters_config(batch * fields, dim, projection_width(head_dim, options), dtype, target)
+    if kernel == "bwd_input":
+        return _input_config(batch * fields, dim, projection_width(head_dim, options),
+                             options.residual == "identity", dtype, target)
     pads = padded_sizes(fields, dim, options.num_heads, head_dim)
     samples, num_warps = _samples_and_warps(batch, pads, dtype, target, kernel)
     num_tiles = triton.cdiv(batch, samples)
-    meta = dict(SAMPLES=samples, **pads, HAS_BQKV="b_qkv" in present, QKV_RELU=options.qkv_relu,
-                RESIDUAL=_RESIDUAL_CODES[options.residual], PRECISION=dot_precision(dtype))
+    meta = dict(SAMPLES=samples, M_PAD=pads["M_PAD"], KEYS=_key_block(samples * pads["M_PAD"], target),
+                **{k: v for k, v in pads.items() if k != "M_PAD"}, HAS_BQKV="b_qkv" in present,
+                QKV_RELU=options.qkv_relu, RESIDUAL=_RESIDUAL_CODES[options.residual],
+                PRECISION=dot_precision(dtype))
     options_ = dict(num_warps=num_warps, maxnreg=register_cap(num_warps))
     if kernel == "bwd_attention":
         del meta["H_PAD"], meta["DH_COLS"]
@@ -569,8 +682,9 @@ def backward(grad_y: torch.Tensor | None, grad_a: torch.Tensor | None, x: torch.
     """``dx`` and the parameters' gradients (``PARAMETERS`` order, ``None`` for absent ones) given
     ``grad_y [B, M, H*dh]`` and ``grad_a [B, H, M, M]`` (either may be ``None``: zero).
 
-    Three launches: ``bwd_output`` (``dZ [B, M, H*dh]``, the LayerNorm affine's gradients and
-    ``G``'s residual columns), ``bwd_attention`` (``dx`` and ``G``'s Q/K/V columns), then
+    Four launches: ``bwd_output`` (``dZ [B, M, H*dh]``, per head ``lse`` and ``delta`` ``[B*M, H]``
+    fp32, the LayerNorm affine's gradients and ``G``'s residual columns), ``bwd_attention``
+    (``G``'s Q/K/V columns), ``bwd_input`` (``dx = G [W_qkv | W_res]^T`` (+ ``dZ``)), then
     ``bwd_parameters`` (``[dW_qkv | dW_res] = X^T G``, ``[db_qkv | db_res] = colsum(G)``), with
     ``G [B*M, projection_width]`` the pre-activation gradients; ``dZ`` and ``G`` in ``x``'s dtype."""
     x, *params = contiguous(x, *params)
@@ -582,20 +696,25 @@ def backward(grad_y: torch.Tensor | None, grad_a: torch.Tensor | None, x: torch.
     target, present = target_of(x.device), _present(params)
     dz = torch.empty(B, M, width, dtype=x.dtype, device=x.device)
     g = torch.empty(B * M, projection_width(dh, options), dtype=x.dtype, device=x.device)
+    lse, delta = torch.empty(2, B * M, options.num_heads, dtype=torch.float32, device=x.device)
     cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_output", present=present,
                         grad_y=grad_y is not None)
     h_pad, dh_cols, programs = cfg.meta["H_PAD"], cfg.meta["DH_COLS"], cfg.grid[0]
     ln_slots = [None if p is None else partial_slots(programs, h_pad * dh_cols, device=x.device)
                 for p in params[4:]]
-    cfg.launch(x, *or_dummy(*params, grad_y, dummy=x), dz, g, *or_dummy(*ln_slots, dummy=x),
+    cfg.launch(x, *or_dummy(*params, grad_y, dummy=x), dz, g, lse, delta, *or_dummy(*ln_slots, dummy=x),
                B, M, d, options.num_heads, dh, options.score_scale(dh), options.ln_eps,
                triton.cdiv(B, cfg.meta["SAMPLES"]))
 
-    dx = torch.empty_like(x)
     cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_attention", present=present,
                         grad_a=grad_a is not None)
-    cfg.launch(x, *or_dummy(*params[:3], dummy=x), dz, *or_dummy(grad_a, dummy=x), dx, g,
+    cfg.launch(x, *or_dummy(*params[:2], dummy=x), dz, lse, delta, *or_dummy(grad_a, dummy=x), g,
                B, M, d, options.num_heads, dh, options.score_scale(dh))
+
+    dx = torch.empty_like(x)
+    w = params[0] if options.residual != "project" else torch.cat((params[0], params[2]), 1)
+    cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_input", present=present)
+    cfg.launch(g, w, dz, dx, B * M, d, g.shape[1])
 
     cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_parameters", present=present)
     chunks, blocks = cfg.grid

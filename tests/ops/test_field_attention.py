@@ -186,7 +186,7 @@ def test_grid_has_no_axis_1_limit():
     assert cfg.grid == (math.ceil(batch / cfg.meta["SAMPLES"]),)
 
 
-@pytest.mark.parametrize("fields, m_pad, samples", [(1, 16, 8), (10, 16, 8), (23, 32, 4), (39, 64, 2), (100, 128, 1)])
+@pytest.mark.parametrize("fields, m_pad, samples", [(1, 16, 4), (10, 16, 4), (23, 32, 2), (39, 64, 1), (100, 128, 1)])
 def test_launch_config_on_gpu(fields, m_pad, samples):
     options = FieldAttentionOptions(2, qkv_relu=True, layer_norm="after")
     present = ("w_qkv", "b_qkv", "ln_weight")
@@ -199,14 +199,17 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert fwd.meta["HAS_BQKV"] and fwd.meta["HAS_LNW"] and not fwd.meta["HAS_LNB"] and fwd.meta["STORE_A"]
     assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
     assert fwd.maxnreg == min(255, 65536 // (32 * fwd.num_warps))
+    assert fwd.meta["KEYS"] == 16                                 # key blocks of 16 rows
     fp32 = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present)
-    assert fp32.meta["SAMPLES"] == max(1, samples // 2)         # fp32 forward: half the rows
-    # backward: three kernels, 32 rows per program (at least one sample)
-    out, att, par = (kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel=k,
-                                           present=present, grad_a=True)
-                     for k in ("bwd_output", "bwd_attention", "bwd_parameters"))
+    assert fp32.meta["SAMPLES"] == samples and fp32.num_warps == 4
+    # backward: four kernels, 32 rows per program (at least one sample)
+    out, att, inp, par = (kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel=k,
+                                                present=present, grad_a=True)
+                          for k in ("bwd_output", "bwd_attention", "bwd_input", "bwd_parameters"))
     assert out.kernel is kernels._field_attention_bwd_output_kernel and att.kernel is \
         kernels._field_attention_bwd_attention_kernel and par.kernel is kernels._field_attention_bwd_parameters_kernel
+    assert inp.kernel is kernels._field_attention_bwd_input_kernel and not inp.meta["IDENTITY"]
+    assert inp.grid == (math.ceil(65536 * fields / inp.meta["BLOCK_ROWS"]),)   # dx rows
     assert out.num_stages == att.num_stages == 1 and out.meta["HAS_GY"] and att.meta["HAS_GA"]
     assert out.meta["PRECISION"] == att.meta["PRECISION"] == par.meta["PRECISION"] == "tf32x3"  # 3xTF32
     assert out.meta["SAMPLES"] == att.meta["SAMPLES"] == max(1, 32 // m_pad)
@@ -218,7 +221,7 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
         kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel="bwd")
     # interpreter: a handful of big programs
     interp = kernels.launch_config(37, fields, 16, 32, torch.float32, options, Target(interpreter=True))
-    assert interp.meta["SAMPLES"] == 8 and interp.grid == (5,)
+    assert interp.meta["SAMPLES"] == 8 and interp.grid == (5,) and interp.meta["KEYS"] == 8 * m_pad // 2
 
 
 def naive(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, scale, qkv_relu, residual,
@@ -278,15 +281,20 @@ def _flat_options(config, heads):
     return FieldAttentionOptions(heads, **{"scale": 0.5, **CONFIGS[config][0]}).astuple()
 
 
-@pytest.mark.parametrize("config", ["tf", "fuxictr-identity"])
-def test_opcheck(config):
-    inputs = make_inputs(config, 11, 7, 16, 2, 8, device=KERNEL_DEVICE)
-    for return_attention in (True, False):
-        torch.library.opcheck(op_module._forward, (*inputs, *_flat_options(config, 2), return_attention))
+# (config, return_attention values, upstream gradients given): every flag and optional-gradient
+# combination once (three samples: three interpreted programs per launch)
+OPCHECKS = [("tf", (True, False), ("y+a", "a")), ("fuxictr-identity", (True,), ("y",))]
+
+
+@pytest.mark.parametrize("config, return_attention, upstream", OPCHECKS, ids=[c[0] for c in OPCHECKS])
+def test_opcheck(config, return_attention, upstream):
+    inputs = make_inputs(config, 3, 7, 16, 2, 8, device=KERNEL_DEVICE)
+    for flag in return_attention:
+        torch.library.opcheck(op_module._forward, (*inputs, *_flat_options(config, 2), flag))
     detached = [None if t is None else t.detach() for t in inputs]
-    grad_y = torch.randn(11, 7, 16, device=KERNEL_DEVICE)
-    grad_a = torch.randn(11, 2, 7, 7, device=KERNEL_DEVICE)
-    for gy, ga in ((grad_y, grad_a), (grad_y, None), (None, grad_a)):
+    grads = {"y": torch.randn(3, 7, 16, device=KERNEL_DEVICE), "a": torch.randn(3, 2, 7, 7, device=KERNEL_DEVICE)}
+    for given in upstream:
+        gy, ga = (grads[k] if k in given else None for k in ("y", "a"))
         torch.library.opcheck(op_module._backward, (gy, ga, *detached, *_flat_options(config, 2)))
 
 
