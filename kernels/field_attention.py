@@ -20,7 +20,9 @@ attention over blocks of ``KEYS`` key rows (flash-attention style): a first pass
 blocks gives each query's softmax normaliser ``lse = log sum_keys exp(scale q k^T)``, a second
 ``O_h = sum_blocks exp(scale Q_h K_hj^T - lse) V_hj``. The score tile of a block is
 ``[rows, KEYS]``, block-diagonal (keys of other samples masked); only one head's queries and one
-key block's keys, values and probabilities are live. LayerNorm reduces over columns.
+key block's keys, values and probabilities are live. The projections reduce over ``d`` in steps of
+``D_CHUNK`` columns of ``x`` re-read from memory (16 in fp32, whose 3xTF32 operands are split in
+registers; all of ``D_PAD`` in half precision). LayerNorm reduces over columns.
 
 Dot operands are in the input dtype (fp16/bf16 on tensor cores; fp32 as ``tf32x3`` or ``tf32``
 following ``torch.backends.cuda.matmul.allow_tf32``, see ``dot_precision``); accumulation,
@@ -132,15 +134,30 @@ def _layer_norm_backward(dn, n, rstd, col_mask, width):
 
 
 @triton.jit
-def _head_project(x2, w_ptr, b_ptr, column0, offs_d, d, dh, width, DH_PAD: tl.constexpr,
-                  HAS_B: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
-    """One head of one part of ``act(x W_qkv + b_qkv)``: columns ``column0 .. column0 + dh - 1``,
-    rows ``[SAMPLES*M_PAD, DH_PAD]`` (fp32)."""
+def _project(x_ptr, grow, row_mask, w_ptr, cols, col_mask, d, w_stride, D_PAD: tl.constexpr,
+             D_CHUNK: tl.constexpr, PRECISION: tl.constexpr):
+    """``x[rows] W[:, cols]``, fp32 ``[len(grow), len(cols)]``: ``x``'s rows ``grow`` of ``[B*M, d]``
+    are read in ``D_CHUNK``-column pieces (L1/L2 hits after the first), so no full-width ``x``
+    operand (and, in fp32, its 3xTF32 split) is held in registers."""
+    acc = tl.zeros([grow.shape[0], cols.shape[0]], tl.float32)
+    for c in tl.static_range(0, D_PAD, D_CHUNK):
+        offs_c = c + tl.arange(0, D_CHUNK)
+        xc = _load_rows(x_ptr, grow, row_mask, offs_c, d)
+        acc += mm(xc, _load_weight(w_ptr, offs_c, d, cols, col_mask, w_stride, 0), xc.dtype, PRECISION)
+    return acc
+
+
+@triton.jit
+def _head_project(x_ptr, grow, row_mask, w_ptr, b_ptr, column0, d, dh, width, D_PAD: tl.constexpr,
+                  D_CHUNK: tl.constexpr, DH_PAD: tl.constexpr, HAS_B: tl.constexpr, RELU: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """One head of one part of ``act(x W_qkv + b_qkv)`` for ``x``'s rows ``grow``: columns
+    ``column0 .. column0 + dh - 1``, ``[len(grow), DH_PAD]`` (fp32)."""
     offs_j = tl.arange(0, DH_PAD)
     cols, col_mask = column0 + offs_j, offs_j < dh
-    w = _load_weight(w_ptr, offs_d, d, cols, col_mask, 3 * width, 0)
     bias = _load_vector(b_ptr, cols, col_mask, 0, HAS_B, 0.0)
-    return _relu_if(mm(x2, w, x2.dtype, PRECISION) + bias[None, :], RELU)
+    return _relu_if(_project(x_ptr, grow, row_mask, w_ptr, cols, col_mask, d, 3 * width, D_PAD, D_CHUNK, PRECISION)
+                    + bias[None, :], RELU)
 
 
 @triton.jit
@@ -155,7 +172,7 @@ def _rows(sample0, first, B, M, ROWS: tl.constexpr, M_PAD: tl.constexpr):
 
 @triton.jit
 def _load_rows(ptr, grow, row_mask, offs_d, d):
-    """Rows ``grow`` of a ``[B*M, d]`` tensor as ``[len(grow), D_PAD]`` (storage dtype, zeros where padded)."""
+    """Columns ``offs_d`` of rows ``grow`` of a ``[B*M, d]`` tensor (storage dtype, zeros where padded)."""
     return tl.load(ptr + grow[:, None] * d + offs_d[None, :], mask=row_mask[:, None] & (offs_d[None, :] < d),
                    other=0.0)
 
@@ -174,47 +191,40 @@ def _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD: tl.constexpr):
 
 
 @triton.jit
-def _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS: tl.constexpr, M_PAD: tl.constexpr):
-    """Key block ``key0 .. key0 + KEYS - 1`` of the tile: its ``x`` rows ``[KEYS, D_PAD]`` (storage
-    dtype) and its ``_rows``."""
-    grow, row_mask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
-    return _load_rows(x_ptr, grow, row_mask, offs_d, d), grow, row_mask, krows
-
-
-@triton.jit
 def _probabilities(q, k, lse, scale, mask, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """Attention probabilities ``exp(scale q k^T - lse)`` of a key block, 0 outside ``mask``."""
     return tl.where(mask, tl.exp(scale * mm(q, tl.trans(k), DTYPE, PRECISION) - lse[:, None]), 0.0)
 
 
 @triton.jit
-def _key_block_attention(x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d,
-                         d, dh, width, KEYS: tl.constexpr, M_PAD: tl.constexpr, DH_PAD: tl.constexpr,
-                         HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
+def _key_block_attention(x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh,
+                         width, KEYS: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr,
+                         D_CHUNK: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr,
+                         QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
     """Head ``h`` on key block ``key0 ..``: its keys and values ``[KEYS, DH_PAD]`` (fp32), the
     probabilities ``a [rows, KEYS]`` given ``lse``, their offsets in ``A`` and mask
     (``_attention_block``), and the block's global rows and their mask."""
-    xk, kgrow, kmask, krows = _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS, M_PAD)
-    k = _head_project(xk, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
-                      PRECISION)
-    v = _head_project(xk, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
-                      QKV_RELU, PRECISION)
+    kgrow, kmask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
+    k = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, width + h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
+                      HAS_BQKV, QKV_RELU, PRECISION)
+    v = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, d, dh, width, D_PAD, D_CHUNK,
+                      DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
     offs, mask = _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD)
     return k, v, _probabilities(q, k, lse, scale, mask, x_ptr.dtype.element_ty, PRECISION), offs, mask, kgrow, kmask
 
 
 @triton.jit
-def _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, offs_d, d, dh, width, n_keys,
-              KEYS: tl.constexpr, M_PAD: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr,
-              QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
+def _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, d, dh, width, n_keys,
+              KEYS: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
+              DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
     """Head ``h``'s softmax normaliser ``lse = log sum_keys exp(scale q k^T)`` per query row
     (fp32), over key blocks of ``KEYS`` rows (online maximum)."""
     row_max = tl.full(qrows.shape, -1.0e30, tl.float32)
     total = tl.zeros(qrows.shape, tl.float32)
     for key0 in range(0, n_keys, KEYS):
-        xk, _, _, krows = _key_rows(x_ptr, sample0, key0, B, M, offs_d, d, KEYS, M_PAD)
-        k = _head_project(xk, wqkv_ptr, bqkv_ptr, width + h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV,
-                          QKV_RELU, PRECISION)
+        kgrow, kmask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
+        k = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, width + h * dh, d, dh, width, D_PAD, D_CHUNK,
+                          DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
         _, mask = _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD)
         scores = tl.where(mask, scale * mm(q, tl.trans(k), x_ptr.dtype.element_ty, PRECISION), float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
@@ -237,7 +247,7 @@ def _store_head_grad(g_ptr, grad, out, grow, row_mask, column0, dh, g_stride, DH
 @triton.jit
 def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, lse_ptr, sample0,
           B, M, d, H, dh, scale, eps,
-          SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+          SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
           H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
           QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
           OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
@@ -247,32 +257,29 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
     only one head's queries and one key block's keys, values and probabilities are live. Stores
     each head's attention into ``A`` with ``STORE_A``, its ``lse`` into ``lse [B*M, H]`` with ``STORE_LSE``.
 
-    Returns ``x2`` rows ``[SAMPLES*M_PAD, D_PAD]`` (storage dtype) and, rows
-    ``[SAMPLES*M_PAD, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm;
+    Returns, rows ``[SAMPLES*M_PAD, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm;
     dummies without) and ``y``: every intermediate the backward needs.
     """
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     width = H * dh
     n_keys = (SAMPLES - 1) * M_PAD + M                        # the last real key row + 1
 
-    x2 = _load_rows(x_ptr, grow, row_mask, offs_d, d)
     head_of = tl.arange(0, H_PAD)[None, :, None]
     z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_COLS], tl.float32)
     for h in range(H):
-        q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
-                          PRECISION)
-        lse = _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, offs_d, d, dh, width,
-                        n_keys, KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+        q = _head_project(x_ptr, grow, row_mask, wqkv_ptr, bqkv_ptr, h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
+                          HAS_BQKV, QKV_RELU, PRECISION)
+        lse = _head_lse(x_ptr, wqkv_ptr, bqkv_ptr, q, qrows, sample0, h, scale, B, M, H, d, dh, width, n_keys,
+                        KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
         if STORE_LSE:
             tl.store(lse_ptr + grow * H + h, lse, mask=row_mask)
         o = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
         for key0 in range(0, n_keys, KEYS):
             _, v, a, offs, mask, _, _ = _key_block_attention(
-                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh, width,
-                KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
+                KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
             if STORE_A:
                 tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=mask)
             o += mm(a, v, DTYPE, PRECISION)                   # [rows, DH_PAD], zero beyond dh
@@ -282,9 +289,9 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
     z = tl.reshape(z3, [SAMPLES * M_PAD, H_PAD * DH_COLS])
 
     if RESIDUAL == 2:
-        w = _load_weight(wres_ptr, offs_d, d, cols, col_mask, width, 0)
         bias = _load_vector(bres_ptr, cols, col_mask, 0, HAS_BRES, 0.0)
-        r = _relu_if(mm(x2, w, DTYPE, PRECISION) + bias[None, :], RES_RELU)
+        r = _relu_if(_project(x_ptr, grow, row_mask, wres_ptr, cols, col_mask, d, width, D_PAD, D_CHUNK, PRECISION)
+                     + bias[None, :], RES_RELU)
     elif RESIDUAL == 1:
         r = tl.load(x_ptr + grow[:, None] * d + cols[None, :],
                     mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
@@ -303,14 +310,14 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
     else:
         n, rstd = z, tl.zeros_like(row_mask.to(tl.float32))
         y = _relu_if(z, OUT_RELU)
-    return x2, r, z, n, rstd, y
+    return r, z, n, rstd, y
 
 
 @triton.jit
 def _field_attention_fwd_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, y_ptr, a_ptr,
         B, M, d, H, dh, scale, eps,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
         H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
         QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
         OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
@@ -319,9 +326,9 @@ def _field_attention_fwd_kernel(
     rows ``[SAMPLES*M_PAD, D_PAD]``, runs the whole layer on chip (``_tile``) and stores ``Y``
     rows ``[SAMPLES*M_PAD, H*dh]`` and, with ``STORE_A``, ``A [SAMPLES, H, M, M]``."""
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    x2, r, z, n, rstd, y = _tile(
+    r, z, n, rstd, y = _tile(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, y_ptr, sample0, B, M, d, H, dh,
-        scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
+        scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
         RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, False, PRECISION)
     grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
@@ -334,7 +341,7 @@ def _field_attention_bwd_output_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr,
         dz_ptr, g_ptr, lse_ptr, delta_ptr, dlnw_ptr, dlnb_ptr,
         B, M, d, H, dh, scale, eps, num_tiles,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
         H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
         QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
         OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
@@ -356,9 +363,9 @@ def _field_attention_bwd_output_kernel(
     heads = tl.arange(0, H_PAD)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         sample0 = tile * SAMPLES
-        x2, r, z, n, rstd, y = _tile(
+        r, z, n, rstd, y = _tile(
             x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, lse_ptr, sample0, B, M, d,
-            H, dh, scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU,
+            H, dh, scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU,
             RESIDUAL, HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, True, PRECISION)
         grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
         out_mask = row_mask[:, None] & col_mask[None, :]
@@ -406,7 +413,7 @@ def _head_rows(ptr, grow, row_mask, row_stride, column0, dh, DH_PAD: tl.constexp
 def _field_attention_bwd_attention_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, ga_ptr, g_ptr,
         B, M, d, H, dh, scale,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
         DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
         HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
     """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, one head at a time, keys in
@@ -422,28 +429,26 @@ def _field_attention_bwd_attention_kernel(
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
     grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
     width = H * dh
     g_stride = (4 if RESIDUAL == 2 else 3) * width
     n_keys = (SAMPLES - 1) * M_PAD + M
-    x2 = _load_rows(x_ptr, grow, row_mask, offs_d, d)
     for h in range(H):
-        q = _head_project(x2, wqkv_ptr, bqkv_ptr, h * dh, offs_d, d, dh, width, DH_PAD, HAS_BQKV, QKV_RELU,
-                          PRECISION)
+        q = _head_project(x_ptr, grow, row_mask, wqkv_ptr, bqkv_ptr, h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
+                          HAS_BQKV, QKV_RELU, PRECISION)
         do = _head_rows(dz_ptr, grow, row_mask, width, h * dh, dh, DH_PAD)
         lse = tl.load(lse_ptr + grow * H + h, mask=row_mask, other=0.0)
         delta = tl.load(delta_ptr + grow * H + h, mask=row_mask, other=0.0)
         if HAS_GA:                          # delta_h += rowsum(A_h * grad_a_h): one more pass over the keys
             for key0 in range(0, n_keys, KEYS):
                 _, _, a, offs, mask, _, _ = _key_block_attention(
-                    x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh,
-                    width, KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                    x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
+                    KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
                 delta += tl.sum(a * tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32), axis=1)
         dq = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
         for key0 in range(0, n_keys, KEYS):
             k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
-                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, offs_d, d, dh, width,
-                KEYS, M_PAD, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
+                KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
             _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask, 2 * width + h * dh,
                              dh, g_stride, DH_PAD, QKV_RELU)
             da = mm(do, tl.trans(v), DTYPE, PRECISION)
@@ -526,6 +531,7 @@ _PARAMETER_BLOCK_ROWS = 64
 _INPUT_BLOCK_ROWS = 64          # bwd_input: rows per program and G columns per step
 _INPUT_BLOCK_N = 32
 _KEY_BLOCK = 16                 # key rows per block of the attention loops on a GPU
+_PROJECTION_CHUNK = 16          # fp32 x columns per step of the projections on a GPU
 
 
 def padded_sizes(fields: int, dim: int, num_heads: int, head_dim: int) -> dict[str, int]:
@@ -572,6 +578,16 @@ def _key_block(rows: int, target: Target) -> int:
     the tile, so that tests run the loop over blocks, blocks that span samples and partly padded
     ones."""
     return max(16, rows // 2) if target.interpreter else min(rows, _KEY_BLOCK)
+
+
+def _projection_chunk(d_pad: int, dtype: torch.dtype, target: Target) -> int:
+    """``D_CHUNK``, the columns of ``x`` per step of the projections' reduction over ``d``: 16 for
+    fp32 on a GPU (no full-width fp32 ``x`` tile and 3xTF32 split held in registers: static audit),
+    the whole ``D_PAD`` in half precision; under the interpreter half of ``D_PAD`` from 32 on (the
+    tests run the loop, with a partly padded last step at ``d = 40``)."""
+    if target.interpreter:
+        return max(16, d_pad // 2)
+    return min(d_pad, _PROJECTION_CHUNK) if dtype == torch.float32 else d_pad
 
 
 def _parameters_config(rows: int, dim: int, columns: int, dtype: torch.dtype, target: Target) -> LaunchConfig:
@@ -629,7 +645,8 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
     samples, num_warps = _samples_and_warps(batch, pads, dtype, target, kernel)
     num_tiles = triton.cdiv(batch, samples)
     meta = dict(SAMPLES=samples, M_PAD=pads["M_PAD"], KEYS=_key_block(samples * pads["M_PAD"], target),
-                **{k: v for k, v in pads.items() if k != "M_PAD"}, HAS_BQKV="b_qkv" in present,
+                **{k: v for k, v in pads.items() if k != "M_PAD"},
+                D_CHUNK=_projection_chunk(pads["D_PAD"], dtype, target), HAS_BQKV="b_qkv" in present,
                 QKV_RELU=options.qkv_relu, RESIDUAL=_RESIDUAL_CODES[options.residual],
                 PRECISION=dot_precision(dtype))
     options_ = dict(num_warps=num_warps, maxnreg=register_cap(num_warps))

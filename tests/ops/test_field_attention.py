@@ -200,6 +200,9 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
     assert fwd.maxnreg == min(255, 65536 // (32 * fwd.num_warps))
     assert fwd.meta["KEYS"] == 16                                 # key blocks of 16 rows
+    wide = {dt: kernels.launch_config(65536, fields, 64, 32, dt, options, H100, present=present).meta["D_CHUNK"]
+            for dt in (torch.float32, torch.float16)}
+    assert wide == {torch.float32: 16, torch.float16: 64}        # fp32 projections in 16-column steps of x
     fp32 = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present)
     assert fp32.meta["SAMPLES"] == samples and fp32.num_warps == 4
     # backward: four kernels, 32 rows per program (at least one sample)
