@@ -583,11 +583,11 @@ def _key_block(rows: int, target: Target) -> int:
 def _projection_chunk(d_pad: int, dtype: torch.dtype, target: Target) -> int:
     """``D_CHUNK``, the columns of ``x`` per step of the projections' reduction over ``d``: 16 for
     fp32 on a GPU (no full-width fp32 ``x`` tile and 3xTF32 split held in registers: static audit),
-    the whole ``D_PAD`` in half precision; under the interpreter half of ``D_PAD`` from 32 on (the
-    tests run the loop, with a partly padded last step at ``d = 40``)."""
-    if target.interpreter:
-        return max(16, d_pad // 2)
-    return min(d_pad, _PROJECTION_CHUNK) if dtype == torch.float32 else d_pad
+    the whole ``D_PAD`` in half precision; under the interpreter fp32 steps are half of ``D_PAD`` from
+    32 on (the tests run the loop, with a partly padded last step at ``d = 40``)."""
+    if dtype != torch.float32:
+        return d_pad
+    return max(16, d_pad // 2) if target.interpreter else min(d_pad, _PROJECTION_CHUNK)
 
 
 def _parameters_config(rows: int, dim: int, columns: int, dtype: torch.dtype, target: Target) -> LaunchConfig:
