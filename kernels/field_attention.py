@@ -11,7 +11,10 @@ Per sample, ``X [M, d]`` (``H`` heads of width ``dh``, ``HD = H*dh``):
 
 Layout: a program owns ``SAMPLES`` consecutive samples (grid axis 0, so ``B * H`` is not limited
 by the 65,535 cap of grid axes 1/2), held as rows ``[SAMPLES*M_PAD, ...]``: one row per (sample,
-field), fields padded to ``M_PAD = max(16, next_pow2(M))``; every load and store is masked.
+field), fields padded to ``M_PAD = max(16, next_pow2(M))``; every load and store is masked. Its
+queries are ``ROWS`` tile rows: all of them, or with ``ROWS < M_PAD`` (fp32, or long samples) one
+sample in query blocks of ``ROWS`` rows (``_query_tile``: the forward has a program per query
+block, ``bwd_attention`` loops over them), so that few rows of fp32 3xTF32 operands are live.
 Columns are ``d`` (``D_PAD``), one head (``DH_PAD = max(16, next_pow2(dh))``: ``tl.dot`` operands)
 or all heads side by side (``H_PAD`` heads of ``DH_COLS`` columns, ``DH_COLS = next_pow2(dh)``
 without the floor of 16: column ``h*DH_COLS + j`` holds global column ``h*dh + j``). Every tile
@@ -34,18 +37,18 @@ tiles and the weight gradients at once (register pressure, static GPU audit):
 
 1. ``bwd_output``: recomputes ``Z`` (``_tile``, storing each head's ``lse [B*M, H]``) and
    back-propagates ``grad_y`` through the output activation and LayerNorm: stores ``dZ``,
-   ``delta_h = rowsum(dZ_h * O_h)`` ``[B*M, H]`` and ``dR_p = dZ * [R_p > 0 if res_relu]``, adds
+   ``delta_h = rowsum(A_h * dA_h) = rowsum(dZ_h * O_h) (+ rowsum(A_h * grad_a_h) with an upstream
+   grad of A, from the recomputed A)`` ``[B*M, H]`` and ``dR_p = dZ * [R_p > 0 if res_relu]``, adds
    ``dgamma = colsum(gy * N)``, ``dbeta = colsum(gy)`` into per-program partial slots.
-2. ``bwd_attention``: per head and key block ``j``, recomputes ``Q_h, K_hj, V_hj`` and
-   ``A_hj = exp(scale Q_h K_hj^T - lse_h)``; with ``dO_h = dZ_h``:
+2. ``bwd_attention``: per head, key block ``j`` and query block ``i``, recomputes ``Q_hi, K_hj,
+   V_hj`` and ``A_hij = exp(scale Q_hi K_hj^T - lse_hi)``; with ``dO_h = dZ_h``:
 
-       dV_hj = A_hj^T dO_h;  dA_hj = dO_h V_hj^T (+ upstream grad of A)
-       dS_hj = scale * A_hj * (dA_hj - delta_h);  dK_hj = dS_hj^T Q_h;  dQ_h += dS_hj K_hj
+       dV_hj += A_hij^T dO_hi;  dA_hij = dO_hi V_hj^T (+ upstream grad of A)
+       dS_hij = scale * A_hij * (dA_hij - delta_hi);  dK_hj += dS_hij^T Q_hi;  dQ_hi += dS_hij K_hj
        dP_* = dQ/dK/dV * [P_* > 0 if qkv_relu]
 
-   (``delta_h = rowsum(A_h * dA_h)``: with an upstream grad of A one more pass over the key
-   blocks adds ``rowsum(A_h * grad_a_h)``) and stores ``G = [dP_q | dP_k | dP_v | dR_p]``, the
-   pre-activation gradients of ``[X W_qkv | X W_res]`` (``dR_p`` with ``residual="project"`` only).
+   and stores ``G = [dP_q | dP_k | dP_v | dR_p]``, the pre-activation gradients of
+   ``[X W_qkv | X W_res]`` (``dR_p`` with ``residual="project"`` only).
 3. ``bwd_input``: ``dX = G [W_qkv | W_res]^T`` (+ ``dZ`` with the identity residual), a tiled GEMM.
 4. ``bwd_parameters``: ``[dW_qkv | dW_res] = X^T G`` and ``[db_qkv | db_res] = colsum(G)``: a
    plain tiled reduction over the ``B*M`` rows into per-chunk fp32 partial slots.
@@ -171,6 +174,19 @@ def _rows(sample0, first, B, M, ROWS: tl.constexpr, M_PAD: tl.constexpr):
 
 
 @triton.jit
+def _query_tile(tile, M, SAMPLES: tl.constexpr, ROWS: tl.constexpr, M_PAD: tl.constexpr):
+    """The first sample and the first tile row of query tile ``tile``: ``SAMPLES`` whole samples
+    (``ROWS = SAMPLES * M_PAD``), or with ``ROWS < M_PAD`` query block ``tile % cdiv(M, ROWS)`` of
+    sample ``tile // cdiv(M, ROWS)`` (its keys are still all of the sample's rows)."""
+    if ROWS < M_PAD:
+        blocks = tl.cdiv(M, ROWS)
+    else:
+        blocks = tl.cdiv(M, M_PAD)                            # 1
+    tile = tl.cast(tile, tl.int64)
+    return tile // blocks * SAMPLES, (tile % blocks) * ROWS
+
+
+@triton.jit
 def _load_rows(ptr, grow, row_mask, offs_d, d):
     """Columns ``offs_d`` of rows ``grow`` of a ``[B*M, d]`` tensor (storage dtype, zeros where padded)."""
     return tl.load(ptr + grow[:, None] * d + offs_d[None, :], mask=row_mask[:, None] & (offs_d[None, :] < d),
@@ -245,29 +261,33 @@ def _store_head_grad(g_ptr, grad, out, grow, row_mask, column0, dh, g_stride, DH
 
 
 @triton.jit
-def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, lse_ptr, sample0,
-          B, M, d, H, dh, scale, eps,
-          SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
-          H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
-          QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
-          OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
-          HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, STORE_LSE: tl.constexpr, PRECISION: tl.constexpr):
-    """Forward of samples ``sample0 .. sample0+SAMPLES-1``, one head at a time, each head's
-    attention over key blocks of ``KEYS`` rows (``_head_lse``, then ``O_h = sum_blocks A_h V_h``):
-    only one head's queries and one key block's keys, values and probabilities are live. Stores
-    each head's attention into ``A`` with ``STORE_A``, its ``lse`` into ``lse [B*M, H]`` with ``STORE_LSE``.
+def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, ga_ptr, lse_ptr, sample0,
+          first, B, M, d, H, dh, scale, eps,
+          SAMPLES: tl.constexpr, ROWS: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+          D_CHUNK: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr,
+          HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr,
+          RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
+          HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, STORE_LSE: tl.constexpr, HAS_GA: tl.constexpr,
+          PRECISION: tl.constexpr):
+    """Forward of the ``ROWS`` query rows from tile row ``first`` of samples ``sample0 ..
+    sample0+SAMPLES-1`` (``_query_tile``), one head at a time, each head's attention over the
+    samples' key blocks of ``KEYS`` rows (``_head_lse``, then ``O_h = sum_blocks A_h V_h``): only
+    one head's queries and one key block's keys, values and probabilities are live. Stores each
+    head's attention into ``A`` with ``STORE_A``, its ``lse`` into ``lse [B*M, H]`` with ``STORE_LSE``.
 
-    Returns, rows ``[SAMPLES*M_PAD, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd`` (LayerNorm;
-    dummies without) and ``y``: every intermediate the backward needs.
+    Returns, rows ``[ROWS, H_PAD*DH_COLS]`` fp32, ``r`` (residual), ``z`` (``O + R``), ``n, rstd``
+    (LayerNorm; dummies without), ``y``, and ``[ROWS, H_PAD]`` per head ``rowsum(A_h * grad_a_h)``
+    with ``HAS_GA`` (else zeros): every intermediate the backward needs.
     """
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
+    grow, row_mask, qrows = _rows(sample0, first, B, M, ROWS, M_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     width = H * dh
     n_keys = (SAMPLES - 1) * M_PAD + M                        # the last real key row + 1
 
     head_of = tl.arange(0, H_PAD)[None, :, None]
-    z3 = tl.zeros([SAMPLES * M_PAD, H_PAD, DH_COLS], tl.float32)
+    z3 = tl.zeros([ROWS, H_PAD, DH_COLS], tl.float32)
+    ga_term = tl.zeros([ROWS, H_PAD], tl.float32)
     for h in range(H):
         q = _head_project(x_ptr, grow, row_mask, wqkv_ptr, bqkv_ptr, h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
                           HAS_BQKV, QKV_RELU, PRECISION)
@@ -275,18 +295,23 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
                         KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
         if STORE_LSE:
             tl.store(lse_ptr + grow * H + h, lse, mask=row_mask)
-        o = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
+        o = tl.zeros([ROWS, DH_PAD], tl.float32)
+        ga_h = tl.zeros([ROWS], tl.float32)
         for key0 in range(0, n_keys, KEYS):
             _, v, a, offs, mask, _, _ = _key_block_attention(
                 x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
                 KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
             if STORE_A:
                 tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=mask)
+            if HAS_GA:
+                ga_h += tl.sum(a * tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32), axis=1)
             o += mm(a, v, DTYPE, PRECISION)                   # [rows, DH_PAD], zero beyond dh
         if DH_COLS < DH_PAD:                                  # its first DH_COLS columns
-            o = tl.sum(tl.reshape(o, [SAMPLES * M_PAD, DH_PAD // DH_COLS, DH_COLS]), axis=1)
+            o = tl.sum(tl.reshape(o, [ROWS, DH_PAD // DH_COLS, DH_COLS]), axis=1)
         z3 += tl.where(head_of == h, o[:, None, :], 0.0)
-    z = tl.reshape(z3, [SAMPLES * M_PAD, H_PAD * DH_COLS])
+        if HAS_GA:
+            ga_term += tl.where(tl.arange(0, H_PAD)[None, :] == h, ga_h[:, None], 0.0)
+    z = tl.reshape(z3, [ROWS, H_PAD * DH_COLS])
 
     if RESIDUAL == 2:
         bias = _load_vector(bres_ptr, cols, col_mask, 0, HAS_BRES, 0.0)
@@ -310,27 +335,28 @@ def _tile(x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr
     else:
         n, rstd = z, tl.zeros_like(row_mask.to(tl.float32))
         y = _relu_if(z, OUT_RELU)
-    return r, z, n, rstd, y
+    return r, z, n, rstd, y, ga_term
 
 
 @triton.jit
 def _field_attention_fwd_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, y_ptr, a_ptr,
         B, M, d, H, dh, scale, eps,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
-        H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
-        QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
-        OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
-        STORE_A: tl.constexpr, PRECISION: tl.constexpr):
-    """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, all heads. Loads their ``x``
-    rows ``[SAMPLES*M_PAD, D_PAD]``, runs the whole layer on chip (``_tile``) and stores ``Y``
-    rows ``[SAMPLES*M_PAD, H*dh]`` and, with ``STORE_A``, ``A [SAMPLES, H, M, M]``."""
-    sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    r, z, n, rstd, y = _tile(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, y_ptr, sample0, B, M, d, H, dh,
-        scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES,
-        RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, False, PRECISION)
-    grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
+        SAMPLES: tl.constexpr, ROWS: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        D_CHUNK: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr,
+        HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr,
+        RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
+        HAS_LNB: tl.constexpr, STORE_A: tl.constexpr, PRECISION: tl.constexpr):
+    """One program: query tile ``pid`` (``_query_tile``: ``SAMPLES`` samples, or one query block of
+    ``ROWS`` rows of a sample), all heads. Runs the whole layer on chip for its rows (``_tile``) and
+    stores their ``Y`` rows ``[ROWS, H*dh]`` and, with ``STORE_A``, their rows of ``A [B, H, M, M]``."""
+    sample0, first = _query_tile(tl.program_id(0), M, SAMPLES, ROWS, M_PAD)
+    r, z, n, rstd, y, _ = _tile(
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, a_ptr, x_ptr, y_ptr, sample0, first,
+        B, M, d, H, dh, scale, eps, SAMPLES, ROWS, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS, HAS_BQKV,
+        QKV_RELU, RESIDUAL, HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, STORE_A, False, False,
+        PRECISION)
+    grow, row_mask, _ = _rows(sample0, first, B, M, ROWS, M_PAD)
     cols, col_mask = _head_columns(H, dh, H_PAD, DH_COLS)
     tl.store(y_ptr + grow[:, None] * (H * dh) + cols[None, :], y.to(y_ptr.dtype.element_ty),
              mask=row_mask[:, None] & col_mask[None, :])
@@ -338,21 +364,21 @@ def _field_attention_fwd_kernel(
 
 @triton.jit
 def _field_attention_bwd_output_kernel(
-        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr,
+        x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, gy_ptr, ga_ptr,
         dz_ptr, g_ptr, lse_ptr, delta_ptr, dlnw_ptr, dlnb_ptr,
         B, M, d, H, dh, scale, eps, num_tiles,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
-        H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr, HAS_BQKV: tl.constexpr,
-        QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr, RES_RELU: tl.constexpr,
-        OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr, HAS_LNB: tl.constexpr,
-        HAS_GY: tl.constexpr, PRECISION: tl.constexpr):
-    """One program: tiles ``pid, pid + programs, ...`` of ``SAMPLES`` samples each. Per tile it
+        SAMPLES: tl.constexpr, ROWS: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        D_CHUNK: tl.constexpr, H_PAD: tl.constexpr, DH_PAD: tl.constexpr, DH_COLS: tl.constexpr,
+        HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BRES: tl.constexpr,
+        RES_RELU: tl.constexpr, OUT_RELU: tl.constexpr, LAYER_NORM: tl.constexpr, HAS_LNW: tl.constexpr,
+        HAS_LNB: tl.constexpr, HAS_GY: tl.constexpr, HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+    """One program: query tiles ``pid, pid + programs, ...`` (``_query_tile``). Per tile it
     recomputes the forward (``_tile``, storing each head's ``lse``), back-propagates ``grad_y``
-    through the output activation and LayerNorm and stores ``dZ`` rows ``[SAMPLES*M_PAD, H*dh]``
-    (storage dtype), per head ``delta_h = rowsum(dO_h * O_h)`` into ``delta [B*M, H]`` (fp32, with
-    ``dO = dZ`` as stored), with ``RESIDUAL == 2`` also the residual's pre-activation gradient
-    ``dR_p`` into its columns of ``G``; adds the LayerNorm affine's gradients into its own partial
-    slots ``[HD_PAD]``."""
+    through the output activation and LayerNorm and stores ``dZ`` rows ``[ROWS, H*dh]`` (storage
+    dtype), per head ``delta_h = rowsum(dO_h * O_h) + rowsum(A_h * grad_a_h)`` into
+    ``delta [B*M, H]`` (fp32, with ``dO = dZ`` as stored; the second term with ``HAS_GA``), with
+    ``RESIDUAL == 2`` also the residual's pre-activation gradient ``dR_p`` into its columns of
+    ``G``; adds the LayerNorm affine's gradients into its own partial slots ``[HD_PAD]``."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     HD_PAD: tl.constexpr = H_PAD * DH_COLS
     pid = tl.program_id(0)
@@ -362,12 +388,13 @@ def _field_attention_bwd_output_kernel(
     gamma = _load_vector(lnw_ptr, cols, col_mask, 0, HAS_LNW, 1.0)
     heads = tl.arange(0, H_PAD)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
-        sample0 = tile * SAMPLES
-        r, z, n, rstd, y = _tile(
-            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, lse_ptr, sample0, B, M, d,
-            H, dh, scale, eps, SAMPLES, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS, HAS_BQKV, QKV_RELU,
-            RESIDUAL, HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, True, PRECISION)
-        grow, row_mask, _ = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
+        sample0, first = _query_tile(tile, M, SAMPLES, ROWS, M_PAD)
+        r, z, n, rstd, y, ga_term = _tile(
+            x_ptr, wqkv_ptr, bqkv_ptr, wres_ptr, bres_ptr, lnw_ptr, lnb_ptr, x_ptr, ga_ptr, lse_ptr, sample0,
+            first, B, M, d, H, dh, scale, eps, SAMPLES, ROWS, M_PAD, KEYS, D_PAD, D_CHUNK, H_PAD, DH_PAD, DH_COLS,
+            HAS_BQKV, QKV_RELU, RESIDUAL, HAS_BRES, RES_RELU, OUT_RELU, LAYER_NORM, HAS_LNW, HAS_LNB, False, True,
+            HAS_GA, PRECISION)
+        grow, row_mask, _ = _rows(sample0, first, B, M, ROWS, M_PAD)
         out_mask = row_mask[:, None] & col_mask[None, :]
         if HAS_GY:
             gy = tl.load(gy_ptr + grow[:, None] * width + cols[None, :], mask=out_mask, other=0.0
@@ -392,7 +419,7 @@ def _field_attention_bwd_output_kernel(
                 accumulate_slot(dlnb_ptr + dv_slot, dbeta)
         dz = dz.to(DTYPE)
         tl.store(dz_ptr + grow[:, None] * width + cols[None, :], dz, mask=out_mask)
-        delta = tl.sum(tl.reshape(dz.to(tl.float32) * (z - r), [SAMPLES * M_PAD, H_PAD, DH_COLS]), axis=2)
+        delta = tl.sum(tl.reshape(dz.to(tl.float32) * (z - r), [ROWS, H_PAD, DH_COLS]), axis=2) + ga_term
         tl.store(delta_ptr + grow[:, None] * H + heads[None, :], delta,
                  mask=row_mask[:, None] & (heads[None, :] < H))
         if RESIDUAL == 2:
@@ -402,63 +429,112 @@ def _field_attention_bwd_output_kernel(
 
 @triton.jit
 def _head_rows(ptr, grow, row_mask, row_stride, column0, dh, DH_PAD: tl.constexpr):
-    """Columns ``column0 .. column0 + dh - 1`` of the tile's rows of a ``[B*M, row_stride]``
-    tensor, as fp32 ``[SAMPLES*M_PAD, DH_PAD]`` (zeros where padded)."""
+    """Columns ``column0 .. column0 + dh - 1`` of rows ``grow`` of a ``[B*M, row_stride]``
+    tensor, as fp32 ``[len(grow), DH_PAD]`` (zeros where padded)."""
     offs_j = tl.arange(0, DH_PAD)
     return tl.load(ptr + grow[:, None] * row_stride + column0 + offs_j[None, :],
                    mask=row_mask[:, None] & (offs_j[None, :] < dh), other=0.0).to(tl.float32)
 
 
 @triton.jit
+def _query_block(x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, first, h, B, M, H, d, dh,
+                 width, ROWS: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
+                 DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """Head ``h`` on the ``ROWS`` query rows from tile row ``first``: their global rows, mask and
+    tile rows, ``Q_h`` (recomputed), ``dO_h`` (``dZ``'s head columns), ``lse_h`` and ``delta_h``."""
+    grow, row_mask, qrows = _rows(sample0, first, B, M, ROWS, M_PAD)
+    q = _head_project(x_ptr, grow, row_mask, wqkv_ptr, bqkv_ptr, h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
+                      HAS_BQKV, QKV_RELU, PRECISION)
+    do = _head_rows(dz_ptr, grow, row_mask, width, h * dh, dh, DH_PAD)
+    lse = tl.load(lse_ptr + grow * H + h, mask=row_mask, other=0.0)
+    delta = tl.load(delta_ptr + grow * H + h, mask=row_mask, other=0.0)
+    return grow, row_mask, qrows, q, do, lse, delta
+
+
+@triton.jit
+def _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE: tl.constexpr, HAS_GA: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """``dS = scale * A * (dA - delta)`` of a key block, ``dA = dO V^T`` (+ its entries of ``grad_a``)."""
+    da = mm(do, tl.trans(v), DTYPE, PRECISION)
+    if HAS_GA:
+        da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return scale * a * (da - delta[:, None])
+
+
+@triton.jit
 def _field_attention_bwd_attention_kernel(
         x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, ga_ptr, g_ptr,
         B, M, d, H, dh, scale,
-        SAMPLES: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr, D_CHUNK: tl.constexpr,
-        DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr, RESIDUAL: tl.constexpr,
-        HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
+        SAMPLES: tl.constexpr, ROWS: tl.constexpr, M_PAD: tl.constexpr, KEYS: tl.constexpr, D_PAD: tl.constexpr,
+        D_CHUNK: tl.constexpr, DH_PAD: tl.constexpr, HAS_BQKV: tl.constexpr, QKV_RELU: tl.constexpr,
+        RESIDUAL: tl.constexpr, HAS_GA: tl.constexpr, PRECISION: tl.constexpr):
     """One program: samples ``[pid*SAMPLES, (pid+1)*SAMPLES)``, one head at a time, keys in
-    blocks of ``KEYS`` rows (only one head's queries and one key block are live). Given ``dZ``,
-    ``lse`` and ``delta`` (``_field_attention_bwd_output_kernel``; with ``grad_a`` a first pass over
-    the key blocks adds ``rowsum(A_h * grad_a_h)`` to ``delta_h``), per head and key block ``j``:
+    blocks of ``KEYS`` rows. Given ``dZ``, ``lse`` and ``delta`` (``_field_attention_bwd_output_kernel``),
+    per head, key block ``j`` and query block ``i``:
 
-        A_hj = exp(scale Q_h K_hj^T - lse_h);  dV_hj = A_hj^T dO_h;  dA_hj = dO_h V_hj^T (+ grad_a)
-        dS_hj = scale * A_hj * (dA_hj - delta_h);  (delta_h = rowsum(A_h * dA_h))  dK_hj = dS_hj^T Q_h;  dQ_h += dS_hj K_hj
+        A_hij = exp(scale Q_hi K_hj^T - lse_hi);  dV_hj += A_hij^T dO_hi;  dA_hij = dO_hi V_hj^T (+ grad_a)
+        dS_hij = scale * A_hij * (dA_hij - delta_hi);  dK_hj += dS_hij^T Q_hi;  dQ_hi += dS_hij K_hj
 
-    and stores ``dP_v, dP_k`` (per key block) and ``dP_q`` (per head) into their columns of ``G``
-    (``dP = dQ/dK/dV * [P > 0 if qkv_relu]``). ``dx`` follows from ``G`` (``bwd_input``)."""
+    and stores ``dP_v, dP_k`` per key block and ``dP_q`` per query block into their columns of
+    ``G`` (``dP = dQ/dK/dV * [P > 0 if qkv_relu]``). With ``ROWS = SAMPLES * M_PAD`` the queries are
+    one block and all of it is one pass over the key blocks; with ``ROWS < M_PAD`` (one sample in
+    query blocks: fewer live rows) a pass over the key blocks, each over the query blocks, gives
+    ``dK, dV``, then a pass over the query blocks, each over the key blocks, ``dQ``. ``dx``
+    follows from ``G`` (``bwd_input``)."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
-    grow, row_mask, qrows = _rows(sample0, 0, B, M, SAMPLES * M_PAD, M_PAD)
     width = H * dh
     g_stride = (4 if RESIDUAL == 2 else 3) * width
     n_keys = (SAMPLES - 1) * M_PAD + M
     for h in range(H):
-        q = _head_project(x_ptr, grow, row_mask, wqkv_ptr, bqkv_ptr, h * dh, d, dh, width, D_PAD, D_CHUNK, DH_PAD,
-                          HAS_BQKV, QKV_RELU, PRECISION)
-        do = _head_rows(dz_ptr, grow, row_mask, width, h * dh, dh, DH_PAD)
-        lse = tl.load(lse_ptr + grow * H + h, mask=row_mask, other=0.0)
-        delta = tl.load(delta_ptr + grow * H + h, mask=row_mask, other=0.0)
-        if HAS_GA:                          # delta_h += rowsum(A_h * grad_a_h): one more pass over the keys
+        if ROWS == SAMPLES * M_PAD:
+            grow, row_mask, qrows, q, do, lse, delta = _query_block(
+                x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, 0, h, B, M, H, d, dh, width,
+                ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            dq = tl.zeros([ROWS, DH_PAD], tl.float32)
             for key0 in range(0, n_keys, KEYS):
-                _, _, a, offs, mask, _, _ = _key_block_attention(
+                k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
                     x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
                     KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-                delta += tl.sum(a * tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32), axis=1)
-        dq = tl.zeros([SAMPLES * M_PAD, DH_PAD], tl.float32)
-        for key0 in range(0, n_keys, KEYS):
-            k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
-                x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
-                KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask, 2 * width + h * dh,
-                             dh, g_stride, DH_PAD, QKV_RELU)
-            da = mm(do, tl.trans(v), DTYPE, PRECISION)
-            if HAS_GA:
-                da += tl.load(ga_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            ds = scale * a * (da - delta[:, None])
-            _store_head_grad(g_ptr, mm(tl.trans(ds), q, DTYPE, PRECISION), k, kgrow, kmask, width + h * dh,
-                             dh, g_stride, DH_PAD, QKV_RELU)
-            dq += mm(ds, k, DTYPE, PRECISION)
-        _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+                _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask, 2 * width + h * dh,
+                                 dh, g_stride, DH_PAD, QKV_RELU)
+                ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
+                _store_head_grad(g_ptr, mm(tl.trans(ds), q, DTYPE, PRECISION), k, kgrow, kmask, width + h * dh,
+                                 dh, g_stride, DH_PAD, QKV_RELU)
+                dq += mm(ds, k, DTYPE, PRECISION)
+            _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+        else:
+            for key0 in range(0, n_keys, KEYS):
+                kgrow, kmask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
+                k = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, width + h * dh, d, dh, width, D_PAD,
+                                  D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                v = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, 2 * width + h * dh, d, dh, width, D_PAD,
+                                  D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                dk = tl.zeros([KEYS, DH_PAD], tl.float32)
+                dv = tl.zeros([KEYS, DH_PAD], tl.float32)
+                for first in range(0, M, ROWS):
+                    _, _, qrows, q, do, lse, delta = _query_block(
+                        x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, first, h, B, M, H, d, dh,
+                        width, ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                    offs, mask = _attention_block(sample0, h, B, M, H, qrows, krows, M_PAD)
+                    a = _probabilities(q, k, lse, scale, mask, DTYPE, PRECISION)
+                    dv += mm(tl.trans(a), do, DTYPE, PRECISION)
+                    ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
+                    dk += mm(tl.trans(ds), q, DTYPE, PRECISION)
+                _store_head_grad(g_ptr, dv, v, kgrow, kmask, 2 * width + h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+                _store_head_grad(g_ptr, dk, k, kgrow, kmask, width + h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+            for first in range(0, M, ROWS):
+                grow, row_mask, qrows, q, do, lse, delta = _query_block(
+                    x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, first, h, B, M, H, d, dh, width,
+                    ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                dq = tl.zeros([ROWS, DH_PAD], tl.float32)
+                for key0 in range(0, n_keys, KEYS):
+                    k, v, a, offs, mask, _, _ = _key_block_attention(
+                        x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
+                        KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                    ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
+                    dq += mm(ds, k, DTYPE, PRECISION)
+                _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
 
 
 @triton.jit
@@ -550,26 +626,39 @@ def projection_width(head_dim: int, options: FieldAttentionOptions) -> int:
     return (4 if options.residual == "project" else 3) * options.num_heads * head_dim
 
 
-def _samples_and_warps(batch: int, pads: dict[str, int], dtype: torch.dtype, target: Target,
-                       kernel: str) -> tuple[int, int]:
-    """GPU, rows (``SAMPLES * M_PAD``) per program, at least one sample, and warps (sizes from the
-    static GPU audit, the fewest spills): forward 64 rows, 8 warps for half precision from 64 x 64
-    values of the widest tile on (fp32: 4, more warps spill its 3xTF32 split operands more);
-    ``bwd_output`` 32 rows, 8 warps from 64 x 64 values on, else 4; ``bwd_attention`` 64 rows,
-    one warpgroup of 4 warps (a 64-row wgmma tile; fp32: 32 rows). Interpreter: a handful of
-    large programs."""
-    if target.interpreter:
-        return interpreter_samples(batch), 4
+def _tile_shape(batch: int, pads: dict[str, int], dtype: torch.dtype, target: Target,
+                kernel: str) -> tuple[int, int, int]:
+    """``(SAMPLES, ROWS, num_warps)``: the samples whose keys a program covers and its query rows
+    (``SAMPLES * M_PAD``, or with fewer rows than ``M_PAD`` one query block of a sample; see
+    ``_query_tile``), sizes from the static GPU audit (the fewest spills). GPU, half precision: the
+    forward 64 query rows, 8 warps from 64 x 64 values of the widest tile on; ``bwd_output`` 32
+    rows, 8 warps from 64 x 64 values on; ``bwd_attention`` 64 rows (one warpgroup: a 64-row wgmma
+    tile), 4 warps. fp32: 16 query rows and 4 warps everywhere (the 3xTF32 split operands of more
+    rows spill at M = 39; more warps do not help: the dots' weight operands are per warp).
+    Interpreter: a handful of large programs, and with one sample per program queries in blocks of
+    half a sample (tests run the query-block paths)."""
     m_pad, width = pads["M_PAD"], max(pads["D_PAD"], pads["H_PAD"] * pads["DH_COLS"])
+    if target.interpreter:
+        samples = interpreter_samples(batch)
+        split = samples == 1 and m_pad >= 32
+        return samples, m_pad // 2 if split else samples * m_pad, 4
     half = dtype != torch.float32
-    rows = {"fwd": 64, "bwd_output": 32, "bwd_attention": 64 if half else 32}[kernel]
+    rows = {"fwd": 64, "bwd_output": 32, "bwd_attention": 64}[kernel] if half else 16
     samples = max(1, rows // m_pad)
-    wide = samples * m_pad * width >= 64 * 64
+    if rows >= m_pad:
+        rows = samples * m_pad
+    wide = rows * width >= 64 * 64
     if kernel == "fwd":
-        return samples, 8 if half and wide else 4
+        return samples, rows, 8 if half and wide else 4
     if kernel == "bwd_output":
-        return samples, 8 if wide else 4
-    return samples, 4
+        return samples, rows, 8 if wide else 4
+    return samples, rows, 4
+
+
+def _query_tiles(batch: int, fields: int, samples: int, rows: int, m_pad: int) -> int:
+    """How many query tiles ``_query_tile`` numbers: a tile per ``samples`` samples, or per query
+    block of ``rows`` rows of each sample."""
+    return triton.cdiv(batch, samples) * (triton.cdiv(fields, rows) if rows < m_pad else 1)
 
 
 def _key_block(rows: int, target: Target) -> int:
@@ -642,9 +731,9 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
         return _input_config(batch * fields, dim, projection_width(head_dim, options),
                              options.residual == "identity", dtype, target)
     pads = padded_sizes(fields, dim, options.num_heads, head_dim)
-    samples, num_warps = _samples_and_warps(batch, pads, dtype, target, kernel)
-    num_tiles = triton.cdiv(batch, samples)
-    meta = dict(SAMPLES=samples, M_PAD=pads["M_PAD"], KEYS=_key_block(samples * pads["M_PAD"], target),
+    samples, rows, num_warps = _tile_shape(batch, pads, dtype, target, kernel)
+    num_tiles = _query_tiles(batch, fields, samples, rows, pads["M_PAD"])
+    meta = dict(SAMPLES=samples, ROWS=rows, M_PAD=pads["M_PAD"], KEYS=_key_block(samples * pads["M_PAD"], target),
                 **{k: v for k, v in pads.items() if k != "M_PAD"},
                 D_CHUNK=_projection_chunk(pads["D_PAD"], dtype, target), HAS_BQKV="b_qkv" in present,
                 QKV_RELU=options.qkv_relu, RESIDUAL=_RESIDUAL_CODES[options.residual],
@@ -652,7 +741,8 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
     options_ = dict(num_warps=num_warps, maxnreg=register_cap(num_warps))
     if kernel == "bwd_attention":
         del meta["H_PAD"], meta["DH_COLS"]
-        return LaunchConfig(_field_attention_bwd_attention_kernel, (num_tiles,), {**meta, "HAS_GA": grad_a},
+        return LaunchConfig(_field_attention_bwd_attention_kernel, (triton.cdiv(batch, samples),),
+                            {**meta, "HAS_GA": grad_a},
                             num_stages=1, **options_)
     meta.update(HAS_BRES="b_res" in present, RES_RELU=options.res_relu, OUT_RELU=options.out_relu,
                 LAYER_NORM=_LAYER_NORM_CODES[options.layer_norm], HAS_LNW="ln_weight" in present,
@@ -660,7 +750,7 @@ def launch_config(batch: int, fields: int, dim: int, head_dim: int, dtype: torch
     if kernel == "bwd_output":
         return LaunchConfig(_field_attention_bwd_output_kernel,
                             (persistent_programs(num_tiles, target, _BACKWARD_PROGRAMS_PER_SM),),
-                            {**meta, "HAS_GY": grad_y}, num_stages=1, **options_)
+                            {**meta, "HAS_GY": grad_y, "HAS_GA": grad_a}, num_stages=1, **options_)
     return LaunchConfig(_field_attention_fwd_kernel, (num_tiles,), {**meta, "STORE_A": return_attention},
                         **options_)
 
@@ -715,13 +805,13 @@ def backward(grad_y: torch.Tensor | None, grad_a: torch.Tensor | None, x: torch.
     g = torch.empty(B * M, projection_width(dh, options), dtype=x.dtype, device=x.device)
     lse, delta = torch.empty(2, B * M, options.num_heads, dtype=torch.float32, device=x.device)
     cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_output", present=present,
-                        grad_y=grad_y is not None)
+                        grad_y=grad_y is not None, grad_a=grad_a is not None)
     h_pad, dh_cols, programs = cfg.meta["H_PAD"], cfg.meta["DH_COLS"], cfg.grid[0]
     ln_slots = [None if p is None else partial_slots(programs, h_pad * dh_cols, device=x.device)
                 for p in params[4:]]
-    cfg.launch(x, *or_dummy(*params, grad_y, dummy=x), dz, g, lse, delta, *or_dummy(*ln_slots, dummy=x),
+    cfg.launch(x, *or_dummy(*params, grad_y, grad_a, dummy=x), dz, g, lse, delta, *or_dummy(*ln_slots, dummy=x),
                B, M, d, options.num_heads, dh, options.score_scale(dh), options.ln_eps,
-               triton.cdiv(B, cfg.meta["SAMPLES"]))
+               _query_tiles(B, M, cfg.meta["SAMPLES"], cfg.meta["ROWS"], cfg.meta["M_PAD"]))
 
     cfg = launch_config(B, M, d, dh, x.dtype, options, target, kernel="bwd_attention", present=present,
                         grad_a=grad_a is not None)

@@ -102,12 +102,15 @@ FP32_CASES = [
     ("no-residual", (37, 7, 40, 2, 16)),
     ("plain-ln", (37, 2, 16, 2, 8)),
     ("tf", (23, 7, 16, 3, 8)),                 # H_PAD = 4 > H: a padded head
+    ("tf", (5, 39, 16, 2, 16)),                # one sample per program: queries in blocks of 32 rows,
+    ("fuxictr-project", (3, 23, 8, 2, 32)),    # 16 rows (the backward's two passes), the last partly padded
 ]
 HALF_CASES = [
     ("tf", (37, 39, 16, 2, 16)),
     ("fuxictr-identity", (37, 23, 32, 2, 16)),
     ("no-residual", (37, 1, 8, 1, 8)),
     ("plain-ln", (37, 7, 40, 2, 32)),
+    ("tf", (5, 39, 16, 2, 16)),                # query blocks (see FP32_CASES)
 ]
 
 
@@ -186,8 +189,11 @@ def test_grid_has_no_axis_1_limit():
     assert cfg.grid == (math.ceil(batch / cfg.meta["SAMPLES"]),)
 
 
-@pytest.mark.parametrize("fields, m_pad, samples", [(1, 16, 4), (10, 16, 4), (23, 32, 2), (39, 64, 1), (100, 128, 1)])
-def test_launch_config_on_gpu(fields, m_pad, samples):
+@pytest.mark.parametrize("fields, m_pad, samples, blocks", [(1, 16, 4, 1), (10, 16, 4, 1), (23, 32, 2, 1), (39, 64, 1, 1),
+                                                       (100, 128, 1, 2)])
+def test_launch_config_on_gpu(fields, m_pad, samples, blocks):
+    """fp16: 64 query rows per forward program (whole samples, or query blocks of a sample: ``blocks``
+    per sample); fp32: 16 query rows per program in the forward and the attention backward."""
     options = FieldAttentionOptions(2, qkv_relu=True, layer_norm="after")
     present = ("w_qkv", "b_qkv", "ln_weight")
     fwd = kernels.launch_config(65536, fields, 16, 32, torch.float16, options, H100, present=present,
@@ -195,7 +201,7 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert fwd.kernel is kernels._field_attention_fwd_kernel
     assert {k: fwd.meta[k] for k in ("M_PAD", "D_PAD", "H_PAD", "DH_PAD")} == {
         "M_PAD": m_pad, "D_PAD": 16, "H_PAD": 2, "DH_PAD": 32}
-    assert fwd.meta["SAMPLES"] == samples and fwd.grid == (math.ceil(65536 / samples),)
+    assert fwd.meta["SAMPLES"] == samples and fwd.meta["ROWS"] == 64 and fwd.grid == (math.ceil(65536 / samples) * blocks,)
     assert fwd.meta["HAS_BQKV"] and fwd.meta["HAS_LNW"] and not fwd.meta["HAS_LNB"] and fwd.meta["STORE_A"]
     assert fwd.meta["LAYER_NORM"] == 1 and fwd.meta["PRECISION"] == "ieee" and 4 <= fwd.num_warps <= 16
     assert fwd.maxnreg == min(255, 65536 // (32 * fwd.num_warps))
@@ -204,8 +210,10 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
             for dt in (torch.float32, torch.float16)}
     assert wide == {torch.float32: 16, torch.float16: 64}        # fp32 projections in 16-column steps of x
     fp32 = kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, present=present)
-    assert fp32.meta["SAMPLES"] == samples and fp32.num_warps == 4
-    # backward: four kernels, 32 rows per program (at least one sample)
+    fp32_blocks = math.ceil(fields / 16) if m_pad > 16 else 1
+    assert (fp32.meta["SAMPLES"], fp32.meta["ROWS"], fp32.num_warps) == (1, 16, 4)
+    assert fp32.grid == (65536 * fp32_blocks,)
+    # backward: four kernels, fp32 16 query rows per program
     out, att, inp, par = (kernels.launch_config(65536, fields, 16, 32, torch.float32, options, H100, kernel=k,
                                                 present=present, grad_a=True)
                           for k in ("bwd_output", "bwd_attention", "bwd_input", "bwd_parameters"))
@@ -215,9 +223,9 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     assert inp.grid == (math.ceil(65536 * fields / inp.meta["BLOCK_ROWS"]),)   # dx rows
     assert out.num_stages == att.num_stages == 1 and out.meta["HAS_GY"] and att.meta["HAS_GA"]
     assert out.meta["PRECISION"] == att.meta["PRECISION"] == par.meta["PRECISION"] == "tf32x3"  # 3xTF32
-    assert out.meta["SAMPLES"] == att.meta["SAMPLES"] == max(1, 32 // m_pad)
-    assert out.grid == (min(4 * 132, math.ceil(65536 / out.meta["SAMPLES"])),)      # persistent
-    assert att.grid == (math.ceil(65536 / att.meta["SAMPLES"]),)
+    assert out.meta["SAMPLES"] == att.meta["SAMPLES"] == 1 and out.meta["ROWS"] == att.meta["ROWS"] == 16
+    assert out.grid == (4 * 132,)                                  # persistent, over 65536 * fp32_blocks tiles
+    assert att.grid == (65536,)                                    # a sample each, its query blocks inside
     assert par.grid[1] == 4 and par.grid[0] * par.grid[1] >= 4 * 132    # G: [dP_q|dP_k|dP_v|dR_p], 4*2*32 columns
     assert "_field_attention_bwd_output_kernel" in out.describe()
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -225,6 +233,13 @@ def test_launch_config_on_gpu(fields, m_pad, samples):
     # interpreter: a handful of big programs
     interp = kernels.launch_config(37, fields, 16, 32, torch.float32, options, Target(interpreter=True))
     assert interp.meta["SAMPLES"] == 8 and interp.grid == (5,) and interp.meta["KEYS"] == 8 * m_pad // 2
+    # ... and with one sample per program, queries in blocks of half a sample (from M_PAD = 32 on)
+    small = {k: kernels.launch_config(5, fields, 16, 32, torch.float32, options, Target(interpreter=True), kernel=k)
+             for k in ("fwd", "bwd_attention")}
+    split = m_pad >= 32
+    assert small["fwd"].meta["ROWS"] == small["bwd_attention"].meta["ROWS"] == (m_pad // 2 if split else m_pad)
+    assert small["fwd"].grid == (5 * (math.ceil(fields / (m_pad // 2)) if split else 1),)
+    assert small["bwd_attention"].grid == (5,)
 
 
 def naive(x, w_qkv, b_qkv, w_res, b_res, ln_weight, ln_bias, *, num_heads, scale, qkv_relu, residual,
