@@ -28,7 +28,7 @@ import triton.language as tl
 
 # Under the interpreter every program runs one after another in Python (~4 ms each before any
 # work): launch a handful of large programs instead of a GPU-sized grid.
-INTERPRETER_PROGRAMS = 8
+INTERPRETER_PROGRAMS = 4
 
 
 # ----------------------------------------------------------------------------------------------

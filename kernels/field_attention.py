@@ -476,34 +476,19 @@ def _field_attention_bwd_attention_kernel(
         dS_hij = scale * A_hij * (dA_hij - delta_hi);  dK_hj += dS_hij^T Q_hi;  dQ_hi += dS_hij K_hj
 
     and stores ``dP_v, dP_k`` per key block and ``dP_q`` per query block into their columns of
-    ``G`` (``dP = dQ/dK/dV * [P > 0 if qkv_relu]``). With ``ROWS = SAMPLES * M_PAD`` the queries are
-    one block and all of it is one pass over the key blocks; with ``ROWS < M_PAD`` (one sample in
-    query blocks: fewer live rows) a pass over the key blocks, each over the query blocks, gives
-    ``dK, dV``, then a pass over the query blocks, each over the key blocks, ``dQ``. ``dx``
+    ``G`` (``dP = dQ/dK/dV * [P > 0 if qkv_relu]``). With ``ROWS < M_PAD`` (one sample in query
+    blocks: fewer live rows) a pass over the key blocks, each over the query blocks, gives ``dK,
+    dV``, then a pass over the query blocks, each over the key blocks, ``dQ``; with ``ROWS =
+    SAMPLES * M_PAD`` the queries are one block and the second pass gives all three. ``dx``
     follows from ``G`` (``bwd_input``)."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     sample0 = tl.program_id(0).to(tl.int64) * SAMPLES
     width = H * dh
     g_stride = (4 if RESIDUAL == 2 else 3) * width
     n_keys = (SAMPLES - 1) * M_PAD + M
+    ONE_BLOCK: tl.constexpr = ROWS == SAMPLES * M_PAD       # every query of the tile in one block
     for h in range(H):
-        if ROWS == SAMPLES * M_PAD:
-            grow, row_mask, qrows, q, do, lse, delta = _query_block(
-                x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, 0, h, B, M, H, d, dh, width,
-                ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-            dq = tl.zeros([ROWS, DH_PAD], tl.float32)
-            for key0 in range(0, n_keys, KEYS):
-                k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
-                    x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
-                    KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-                _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask, 2 * width + h * dh,
-                                 dh, g_stride, DH_PAD, QKV_RELU)
-                ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
-                _store_head_grad(g_ptr, mm(tl.trans(ds), q, DTYPE, PRECISION), k, kgrow, kmask, width + h * dh,
-                                 dh, g_stride, DH_PAD, QKV_RELU)
-                dq += mm(ds, k, DTYPE, PRECISION)
-            _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
-        else:
+        if not ONE_BLOCK:                                     # dK, dV: key blocks x query blocks
             for key0 in range(0, n_keys, KEYS):
                 kgrow, kmask, krows = _rows(sample0, key0, B, M, KEYS, M_PAD)
                 k = _head_project(x_ptr, kgrow, kmask, wqkv_ptr, bqkv_ptr, width + h * dh, d, dh, width, D_PAD,
@@ -523,18 +508,23 @@ def _field_attention_bwd_attention_kernel(
                     dk += mm(tl.trans(ds), q, DTYPE, PRECISION)
                 _store_head_grad(g_ptr, dv, v, kgrow, kmask, 2 * width + h * dh, dh, g_stride, DH_PAD, QKV_RELU)
                 _store_head_grad(g_ptr, dk, k, kgrow, kmask, width + h * dh, dh, g_stride, DH_PAD, QKV_RELU)
-            for first in range(0, M, ROWS):
-                grow, row_mask, qrows, q, do, lse, delta = _query_block(
-                    x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, first, h, B, M, H, d, dh, width,
-                    ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-                dq = tl.zeros([ROWS, DH_PAD], tl.float32)
-                for key0 in range(0, n_keys, KEYS):
-                    k, v, a, offs, mask, _, _ = _key_block_attention(
-                        x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
-                        KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
-                    ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
-                    dq += mm(ds, k, DTYPE, PRECISION)
-                _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+        for first in range(0, M, ROWS):                       # dQ: query blocks x key blocks (ONE_BLOCK: once)
+            grow, row_mask, qrows, q, do, lse, delta = _query_block(
+                x_ptr, wqkv_ptr, bqkv_ptr, dz_ptr, lse_ptr, delta_ptr, sample0, first, h, B, M, H, d, dh, width,
+                ROWS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+            dq = tl.zeros([ROWS, DH_PAD], tl.float32)
+            for key0 in range(0, n_keys, KEYS):
+                k, v, a, offs, mask, kgrow, kmask = _key_block_attention(
+                    x_ptr, wqkv_ptr, bqkv_ptr, q, lse, qrows, sample0, key0, h, scale, B, M, H, d, dh, width,
+                    KEYS, M_PAD, D_PAD, D_CHUNK, DH_PAD, HAS_BQKV, QKV_RELU, PRECISION)
+                ds = _score_grad(a, do, v, delta, ga_ptr, offs, mask, scale, DTYPE, HAS_GA, PRECISION)
+                if ONE_BLOCK:                                 # the block holds all the keys' queries
+                    _store_head_grad(g_ptr, mm(tl.trans(a), do, DTYPE, PRECISION), v, kgrow, kmask,
+                                     2 * width + h * dh, dh, g_stride, DH_PAD, QKV_RELU)
+                    _store_head_grad(g_ptr, mm(tl.trans(ds), q, DTYPE, PRECISION), k, kgrow, kmask, width + h * dh,
+                                     dh, g_stride, DH_PAD, QKV_RELU)
+                dq += mm(ds, k, DTYPE, PRECISION)
+            _store_head_grad(g_ptr, dq, q, grow, row_mask, h * dh, dh, g_stride, DH_PAD, QKV_RELU)
 
 
 @triton.jit
