@@ -92,20 +92,20 @@ def check_against_reference(config, shape, dtype, *, margin=False, use_y=True, u
 # plus a head width that is not a power of two (dh = 20), deepctr's dh = d / H and H = 3.
 FP32_CASES = [
     ("tf", (37, 7, 16, 2, 16)),
-    ("tf", (37, 39, 40, 1, 32)),
+    ("tf", (13, 39, 40, 1, 32)),
     ("paper", (37, 23, 8, 2, 8)),
     ("paper", (37, 1, 16, 1, 8)),
-    ("paper", (21, 39, 40, 2, 20)),
+    ("paper", (11, 39, 40, 2, 20)),
     ("fuxictr-identity", (37, 23, 16, 1, 16)),
     ("fuxictr-identity", (37, 2, 32, 2, 16)),
-    ("fuxictr-project", (37, 39, 8, 2, 32)),
+    ("fuxictr-project", (13, 39, 8, 2, 32)),
     ("no-residual", (37, 7, 40, 2, 16)),
     ("plain-ln", (37, 2, 16, 2, 8)),
     ("tf", (23, 7, 16, 3, 8)),                 # H_PAD = 4 > H: a padded head
     ("tf", (3, 39, 16, 2, 16)),                # one sample per program: queries in two blocks of 32 rows (the
 ]                                              # backward's two passes), the last partly padded
 HALF_CASES = [
-    ("tf", (37, 39, 16, 2, 16)),
+    ("tf", (13, 39, 16, 2, 16)),
     ("fuxictr-identity", (37, 23, 32, 2, 16)),
     ("no-residual", (37, 1, 8, 1, 8)),
     ("plain-ln", (37, 7, 40, 2, 32)),

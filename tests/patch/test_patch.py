@@ -261,7 +261,7 @@ def _train(model, library: str, steps: int) -> list[float]:
     losses = []
     for _ in range(steps):
         torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=batches)))
-        x, y = _inputs(library, 32), torch.randint(0, 2, (32,), generator=batches).float()
+        x, y = _inputs(library, 16), torch.randint(0, 2, (16,), generator=batches).float()
         if library == "deepctr":                      # the body of deepctr's BaseModel.fit
             loss = model.loss_func(model(x).squeeze(-1), y, reduction="sum")
             total = loss + model.get_regularization_loss() + model.aux_loss
